@@ -1,0 +1,24 @@
+"""detr_hf: fine-tune DETR-family object detectors on your own data, the Hugging Face way.
+
+Importing the package registers its config, model and image processor with transformers' Auto classes, so
+`AutoModelForObjectDetection`, `AutoImageProcessor` and `pipeline("object-detection")` load detr_hf folders.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoModelForObjectDetection
+
+from .configuration_detr import DetrConfig
+from .modeling_detr import DetrForObjectDetection, DetrModel, DetrObjectDetectionOutput, DetrPreTrainedModel
+
+__version__ = "0.1.0"
+
+AutoConfig.register(DetrConfig.model_type, DetrConfig, exist_ok=True)
+AutoModel.register(DetrConfig, DetrModel, exist_ok=True)
+AutoModelForObjectDetection.register(DetrConfig, DetrForObjectDetection, exist_ok=True)
+
+__all__ = [
+    "DetrConfig",
+    "DetrForObjectDetection",
+    "DetrModel",
+    "DetrObjectDetectionOutput",
+    "DetrPreTrainedModel",
+]
