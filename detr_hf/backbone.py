@@ -94,6 +94,7 @@ class DetrConvEncoder(nn.Module):
     def __init__(self, config: DetrConfig):
         super().__init__()
         backbone_config = config.backbone_config
+        backbone_config.num_channels = config.num_channels  # may have been set after the config was built
         if config.use_pretrained_backbone:
             if not config.backbone:
                 raise ValueError("use_pretrained_backbone=True needs `backbone`, a Hub id or folder of a backbone.")

@@ -76,8 +76,9 @@ def read_state_dict(path: str, **hub_kwargs: Any) -> dict[str, torch.Tensor]:
     return torch.load(file, map_location="cpu", weights_only=True)
 
 
-def _adapt_to_config(state_dict: dict[str, torch.Tensor], config: DetrConfig) -> None:
-    """Inflates an RGB stem to `config.num_channels` and drops a class head of another label set, in place."""
+def _adapt_to_config(state_dict: dict[str, torch.Tensor], config: DetrConfig) -> list[str]:
+    """Inflates an RGB stem to `config.num_channels` and drops a class head of another label set, in place; returns
+    the dropped keys."""
     for key in [k for k in state_dict if k.endswith(_STEM)]:
         if state_dict[key].shape[1] != config.num_channels:
             logger.warning(
@@ -97,17 +98,29 @@ def _adapt_to_config(state_dict: dict[str, torch.Tensor], config: DetrConfig) ->
         )
         for key in head:
             del state_dict[key]
+        return head
+    return []
 
 
 @contextmanager
-def _quiet(logger_name: str):
+def _quiet(logger_name: str, only_about: set[str] | None = None):
+    """Drops the warnings of one logger for a moment, or only its load reports that list no key but `only_about`.
+    (A filter, not a level: transformers reads its loggers' levels to decide what to do.)"""
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        if only_about is None:
+            return False
+        listed = {line.split("|")[0].strip() for line in record.getMessage().splitlines() if "|" in line}
+        return not (listed - {"Key", ""} <= only_about and "LOAD REPORT" in record.getMessage())
+
     target = logging.getLogger(logger_name)
-    level = target.level
-    target.setLevel(logging.ERROR)
+    target.addFilter(keep)
     try:
         yield
     finally:
-        target.setLevel(level)
+        target.removeFilter(keep)
 
 
 def load_pretrained(parent_from_pretrained, cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -126,13 +139,23 @@ def load_pretrained(parent_from_pretrained, cls, pretrained_model_name_or_path, 
             config.auxiliary_loss = True  # transformers' checkpoints say False; it only matters for training
     config.use_pretrained_backbone = False  # the checkpoint holds the backbone
     state_dict = convert_state_dict(read_state_dict(str(pretrained_model_name_or_path), **hub_kwargs))
-    _adapt_to_config(state_dict, config)
+    reinitialized = _adapt_to_config(state_dict, config)
     for key in list(kwargs):
         if key in _HUB_KWARGS:
             kwargs.pop(key)
-    model, info = parent_from_pretrained(
-        None, *model_args, config=config, state_dict=state_dict, output_loading_info=True, **kwargs
-    )
+    with _quiet("transformers.modeling_utils"):  # its report would list the class head we chose to re-initialize
+        model, info = parent_from_pretrained(
+            None, *model_args, config=config, state_dict=state_dict, output_loading_info=True, **kwargs
+        )
+    missing = sorted(set(info["missing_keys"]) - set(reinitialized))
+    if missing:
+        logger.warning("Weights not in %s, newly initialized: %s", pretrained_model_name_or_path, ", ".join(missing))
+    if info["unexpected_keys"]:
+        logger.warning(
+            "Weights in %s that this model does not use: %s",
+            pretrained_model_name_or_path,
+            ", ".join(sorted(info["unexpected_keys"])),
+        )
     model.name_or_path = str(pretrained_model_name_or_path)
     model.config._name_or_path = str(pretrained_model_name_or_path)
     return (model, info) if output_loading_info else model

@@ -106,7 +106,7 @@ class DetrConfig(PretrainedConfig):
     focal_gamma: float = 2.0
 
     def __post_init__(self, **kwargs: Any) -> None:
-        for key in _IGNORED_LEGACY_KEYS:
+        for key in (*_IGNORED_LEGACY_KEYS, "model_type"):  # model_type is a class attribute ("detr" in old files)
             kwargs.pop(key, None)
         if kwargs.pop("dilation", False):
             raise ValueError("DC5 (dilated last stage) checkpoints are not supported by detr_hf.")

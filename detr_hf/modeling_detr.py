@@ -273,7 +273,7 @@ class DetrModel(DetrPreTrainedModel):
         self.post_init()
 
     def freeze_backbone(self) -> None:
-        self.backbone.freeze_stages(len(self.backbone.channels))
+        self.backbone.model.requires_grad_(False)
 
     def unfreeze_backbone(self) -> None:
         self.backbone.freeze_stages(self.config.frozen_backbone_stages)
@@ -314,7 +314,7 @@ class DetrMLPPredictionHead(nn.Module):
     def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int):
         super().__init__()
         dims = [input_dim] + [hidden_dim] * (num_layers - 1)
-        self.layers = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip(dims, dims[1:] + [output_dim]))
+        self.layers = nn.ModuleList(nn.Linear(d_in, d_out) for d_in, d_out in zip(dims, [*dims[1:], output_dim]))
 
     def forward(self, x: Tensor) -> Tensor:
         for i, layer in enumerate(self.layers):

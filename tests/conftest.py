@@ -1,0 +1,94 @@
+"""Shared fixtures: tiny random models (ours and transformers' twin with the same weights) and the shared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from transformers import ResNetConfig
+
+from detr_hf import DetrConfig, DetrForObjectDetection
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rodm_voc2012_multiformat"
+
+TINY_RESNET = dict(
+    embedding_size=8,
+    hidden_sizes=[8, 16, 24, 32],
+    depths=[1, 2, 1, 1],
+    layer_type="bottleneck",
+    out_features=["stage4"],
+)
+TINY_DETR = dict(
+    d_model=32,
+    encoder_layers=2,
+    decoder_layers=3,
+    encoder_ffn_dim=64,
+    decoder_ffn_dim=64,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    num_queries=10,
+    num_labels=4,
+)
+
+
+def randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
+    """Gives every BatchNorm/LayerNorm non-trivial statistics and affine parameters, so that parity tests see them."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+            if "norm" not in name:
+                continue
+            if name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+            elif name.endswith(("running_mean", "bias")):
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.2)
+            elif name.endswith("weight"):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+
+
+def transformers_twin(resnet: dict | None = None, **detr: object) -> tuple:
+    """A random transformers DETR and a detr_hf model holding exactly the same weights, both in eval mode."""
+    kwargs = {**TINY_DETR, **detr}
+    torch.manual_seed(0)
+    reference = transformers.DetrForObjectDetection(
+        transformers.DetrConfig(backbone_config=ResNetConfig(**(resnet or TINY_RESNET)), **kwargs)
+    ).eval()
+    randomize_norms(reference)
+    ours = DetrForObjectDetection(DetrConfig(backbone_config=ResNetConfig(**(resnet or TINY_RESNET)), **kwargs)).eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    return reference, ours
+
+
+@pytest.fixture
+def twin():
+    return transformers_twin()
+
+
+def padded_batch(sizes: list[tuple[int, int]], channels: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images of the given (h, w) zero-padded into one batch, with the pixel mask."""
+    generator = torch.Generator().manual_seed(seed)
+    height, width = max(h for h, _ in sizes), max(w for _, w in sizes)
+    pixels = torch.zeros(len(sizes), channels, height, width)
+    mask = torch.zeros(len(sizes), height, width, dtype=torch.long)
+    for i, (h, w) in enumerate(sizes):
+        pixels[i, :, :h, :w] = torch.randn(channels, h, w, generator=generator)
+        mask[i, :h, :w] = 1
+    return pixels, mask
+
+
+def random_labels(num_boxes: list[int], num_labels: int = 4, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Targets as the image processor makes them: class ids and normalized (cx, cy, w, h) boxes inside the image."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = []
+    for n in num_boxes:
+        wh = torch.rand(n, 2, generator=generator) * 0.4 + 0.05
+        centre = wh / 2 + torch.rand(n, 2, generator=generator) * (1 - wh)
+        labels.append(
+            {
+                "class_labels": torch.randint(0, num_labels, (n,), generator=generator),
+                "boxes": torch.cat([centre, wh], dim=1),
+            }
+        )
+    return labels

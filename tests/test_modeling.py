@@ -1,0 +1,157 @@
+"""The model against transformers' DETR: same weights, same outputs and losses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+from conftest import TINY_DETR, TINY_RESNET, padded_batch, random_labels, transformers_twin
+from transformers import ResNetConfig
+from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
+
+from detr_hf import DetrConfig, DetrForObjectDetection
+from detr_hf.backbone import FrozenBatchNorm2d
+from detr_hf.configuration_detr import resnet_config_for
+
+
+def test_tiny_model_matches_transformers_on_padded_batch(twin):
+    reference, ours = twin
+    pixels, mask = padded_batch([(96, 128), (64, 100), (80, 40)])
+    with torch.no_grad():
+        expected, actual = reference(pixels, pixel_mask=mask), ours(pixels, pixel_mask=mask)
+    torch.testing.assert_close(actual.logits, expected.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(actual.pred_boxes, expected.pred_boxes, atol=1e-4, rtol=0)
+    torch.testing.assert_close(actual.last_hidden_state, expected.last_hidden_state, atol=1e-4, rtol=0)
+
+
+def test_full_size_resnet50_matches_transformers_at_800x1066():
+    resnet = resnet_config_for("resnet50").to_dict()
+    resnet.pop("model_type")
+    reference, ours = transformers_twin(resnet, **{k: v for k, v in DetrConfig().to_dict().items() if k in TINY_DETR})
+    assert ours.config.d_model == 256 and ours.config.num_queries == 100 and ours.config.encoder_layers == 6
+    pixels = torch.randn(1, 3, 800, 1066)
+    with torch.no_grad():
+        expected, actual = reference(pixels), ours(pixels)
+    assert expected.logits.abs().max() > 1e-2  # the comparison is not between two near-zero tensors
+    torch.testing.assert_close(actual.logits, expected.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(actual.pred_boxes, expected.pred_boxes, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("auxiliary_loss", [False, True])
+def test_loss_matches_transformers_including_an_image_without_objects(twin, auxiliary_loss):
+    reference, ours = twin
+    ours.config.auxiliary_loss = auxiliary_loss
+    pixels, mask = padded_batch([(96, 128), (64, 100), (80, 96)])
+    labels = random_labels([3, 0, 5])
+    with torch.no_grad():
+        actual = ours(pixels, pixel_mask=mask, labels=labels)
+    # transformers' loss on our outputs: its own forward renormalizes the decoder states between layers when its
+    # auxiliary loss is on, which DETR does not do, so we compare the losses on identical predictions.
+    reference.config.auxiliary_loss = auxiliary_loss
+    aux = actual.auxiliary_outputs or []
+    stacked_logits = torch.stack([a["logits"] for a in aux] + [actual.logits]) if aux else None
+    stacked_boxes = torch.stack([a["pred_boxes"] for a in aux] + [actual.pred_boxes]) if aux else None
+    expected_loss, expected_dict, _ = ForObjectDetectionLoss(
+        actual.logits, labels, "cpu", actual.pred_boxes, reference.config, stacked_logits, stacked_boxes
+    )
+    assert sorted(actual.loss_dict) == sorted(expected_dict)
+    assert (len(actual.loss_dict) > 4) == auxiliary_loss
+    for key, value in expected_dict.items():
+        torch.testing.assert_close(actual.loss_dict[key], torch.as_tensor(value), atol=1e-4, rtol=0)
+    torch.testing.assert_close(actual.loss, expected_loss, atol=1e-4, rtol=0)
+    if not auxiliary_loss:  # here transformers' own forward is DETR's, so compare end to end too
+        with torch.no_grad():
+            end_to_end = reference(pixels, pixel_mask=mask, labels=labels)
+        torch.testing.assert_close(actual.loss, end_to_end.loss, atol=1e-4, rtol=0)
+
+
+def test_auxiliary_heads_do_not_change_the_final_prediction(twin):
+    _, ours = twin
+    pixels, mask = padded_batch([(64, 64), (48, 64)])
+    labels = random_labels([2, 1])
+    with torch.no_grad():
+        ours.config.auxiliary_loss = False
+        without = ours(pixels, pixel_mask=mask, labels=labels)
+        ours.config.auxiliary_loss = True
+        with_aux = ours(pixels, pixel_mask=mask, labels=labels)
+    torch.testing.assert_close(with_aux.logits, without.logits)
+    assert len(with_aux.auxiliary_outputs) == ours.config.decoder_layers - 1
+    assert with_aux.loss > without.loss
+
+
+def test_cross_attention_maps_are_returned_per_layer_and_leave_outputs_unchanged(twin):
+    _, ours = twin
+    pixels, mask = padded_batch([(96, 128), (64, 96)])
+    with torch.no_grad():
+        plain = ours(pixels, pixel_mask=mask)
+        explained = ours(pixels, pixel_mask=mask, output_attentions=True)
+    torch.testing.assert_close(explained.logits, plain.logits, atol=1e-5, rtol=0)
+    maps = explained.cross_attentions
+    assert len(maps) == ours.config.decoder_layers
+    batch, heads, queries, height, width = maps[0].shape
+    assert (batch, heads, queries) == (2, 4, ours.config.num_queries) and (height, width) == (3, 4)
+    torch.testing.assert_close(maps[-1].sum(dim=(-2, -1)), torch.ones(batch, heads, queries))
+    assert maps[-1][1, :, :, 2:, :].abs().max() == 0 and maps[-1][1, :, :, :, 3:].abs().max() == 0  # padding
+    assert len(explained.encoder_attentions) == ours.config.encoder_layers
+
+
+def test_backbone_uses_frozen_batch_norm_and_trains_stages_two_to_four():
+    model = DetrForObjectDetection(DetrConfig(backbone_config=ResNetConfig(**TINY_RESNET), **TINY_DETR))
+    backbone = model.model.backbone.model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules())
+    trainable = {n.split(".layers")[0] for n, p in backbone.named_parameters() if p.requires_grad}
+    assert trainable == {"encoder.stages.1", "encoder.stages.2", "encoder.stages.3"}
+    model.model.freeze_backbone()
+    assert not any(p.requires_grad for p in backbone.parameters())
+    model.model.unfreeze_backbone()
+    assert sum(p.requires_grad for p in backbone.parameters()) > 0
+
+
+def test_training_step_updates_weights_and_learns_a_single_image():
+    torch.manual_seed(0)
+    config = DetrConfig(backbone_config=ResNetConfig(**TINY_RESNET), **{**TINY_DETR, "dropout": 0.0})
+    model = DetrForObjectDetection(config).train()
+    pixels, mask = padded_batch([(64, 64)])
+    labels = random_labels([2])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    stem = model.model.backbone.model.embedder.embedder.convolution.weight.clone()
+    losses = []
+    for _ in range(60):
+        loss = model(pixels, pixel_mask=mask, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert torch.equal(stem, model.model.backbone.model.embedder.embedder.convolution.weight)  # frozen stem
+
+
+def test_grayscale_model_runs_and_rejects_wrong_channels():
+    config = DetrConfig(backbone_config=ResNetConfig(**TINY_RESNET), num_channels=1, **TINY_DETR)
+    model = DetrForObjectDetection(config).eval()
+    assert model.model.backbone.model.embedder.embedder.convolution.weight.shape[1] == 1
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 64, 64)).pred_boxes.shape == (1, 10, 4)
+    with pytest.raises(ValueError, match="channel"):
+        model(torch.randn(1, 3, 64, 64))
+
+
+def test_bf16_autocast_keeps_decoder_and_boxes_in_fp32(twin):
+    _, ours = twin
+    pixels, mask = padded_batch([(96, 128)])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = ours(pixels, pixel_mask=mask)
+    assert outputs.pred_boxes.dtype == torch.float32 and outputs.logits.dtype == torch.float32
+    with torch.no_grad():
+        reference = ours(pixels, pixel_mask=mask)
+    assert (outputs.pred_boxes - reference.pred_boxes).abs().max() < 0.02
+
+
+def test_transformers_config_with_timm_backbone_is_understood():
+    config = DetrConfig(use_timm_backbone=True, backbone="resnet50", dilation=False, mask_loss_coefficient=1)
+    assert config.backbone_config.depths == [3, 4, 6, 3] and config.backbone is None
+    saved = transformers.DetrConfig(use_timm_backbone=True, backbone="resnet101").to_dict()
+    assert DetrConfig(**{k: v for k, v in saved.items() if k != "model_type"}).backbone_config.depths[2] == 23
+    with pytest.raises(ValueError, match="DC5"):
+        DetrConfig(dilation=True)
