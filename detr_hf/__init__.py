@@ -4,9 +4,10 @@ Importing the package registers its config, model and image processor with trans
 `AutoModelForObjectDetection`, `AutoImageProcessor` and `pipeline("object-detection")` load detr_hf folders.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForObjectDetection
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection
 
 from .configuration_detr import DetrConfig
+from .image_processing_detr import DetrHfImageProcessor, DetrImageProcessor
 from .modeling_detr import DetrForObjectDetection, DetrModel, DetrObjectDetectionOutput, DetrPreTrainedModel
 
 __version__ = "0.1.0"
@@ -14,10 +15,17 @@ __version__ = "0.1.0"
 AutoConfig.register(DetrConfig.model_type, DetrConfig, exist_ok=True)
 AutoModel.register(DetrConfig, DetrModel, exist_ok=True)
 AutoModelForObjectDetection.register(DetrConfig, DetrForObjectDetection, exist_ok=True)
+AutoImageProcessor.register(
+    DetrConfig,
+    image_processor_classes={"pil": DetrHfImageProcessor, "torchvision": DetrHfImageProcessor},
+    exist_ok=True,
+)
 
 __all__ = [
     "DetrConfig",
     "DetrForObjectDetection",
+    "DetrHfImageProcessor",
+    "DetrImageProcessor",
     "DetrModel",
     "DetrObjectDetectionOutput",
     "DetrPreTrainedModel",
