@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 
 from .configuration_detr import DetrConfig
 from .image_processing_detr import DetrHfImageProcessor, DetrImageProcessor
+from .logging_utils import dropped_logs
 from .modeling_detr import DetrForObjectDetection, DetrModel, DetrObjectDetectionOutput, DetrPreTrainedModel
 
 __version__ = "0.1.0"
@@ -15,11 +16,13 @@ __version__ = "0.1.0"
 AutoConfig.register(DetrConfig.model_type, DetrConfig, exist_ok=True)
 AutoModel.register(DetrConfig, DetrModel, exist_ok=True)
 AutoModelForObjectDetection.register(DetrConfig, DetrForObjectDetection, exist_ok=True)
-AutoImageProcessor.register(
-    DetrConfig,
-    image_processor_classes={"pil": DetrHfImageProcessor, "torchvision": DetrHfImageProcessor},
-    exist_ok=True,
-)
+# Registering makes transformers resolve its own processors, which warns about torchvision on every import.
+with dropped_logs("transformers.utils.import_utils", lambda record: "torchvision" in str(record.msg)):
+    AutoImageProcessor.register(
+        DetrConfig,
+        image_processor_classes={"pil": DetrHfImageProcessor, "torchvision": DetrHfImageProcessor},
+        exist_ok=True,
+    )
 
 __all__ = [
     "DetrConfig",

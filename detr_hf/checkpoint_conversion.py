@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from transformers.utils import cached_file
 
 from .backbone import inflate_input_conv
 from .configuration_detr import DetrConfig
+from .logging_utils import dropped_logs
 
 logger = logging.getLogger(__name__)
 
@@ -102,25 +102,15 @@ def _adapt_to_config(state_dict: dict[str, torch.Tensor], config: DetrConfig) ->
     return []
 
 
-@contextmanager
-def _quiet(logger_name: str, only_about: set[str] | None = None):
-    """Drops the warnings of one logger for a moment, or only its load reports that list no key but `only_about`.
-    (A filter, not a level: transformers reads its loggers' levels to decide what to do.)"""
+def _only_about(keys: set[str]):
+    """Whether a transformers load report lists no key but `keys` (then our own message has said it all)."""
 
-    def keep(record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING:
-            return True
-        if only_about is None:
-            return False
-        listed = {line.split("|")[0].strip() for line in record.getMessage().splitlines() if "|" in line}
-        return not (listed - {"Key", ""} <= only_about and "LOAD REPORT" in record.getMessage())
+    def drop(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        listed = {line.split("|")[0].strip() for line in message.splitlines() if "|" in line} - {"Key", ""}
+        return "LOAD REPORT" in message and listed <= keys
 
-    target = logging.getLogger(logger_name)
-    target.addFilter(keep)
-    try:
-        yield
-    finally:
-        target.removeFilter(keep)
+    return drop
 
 
 def load_pretrained(parent_from_pretrained, cls, pretrained_model_name_or_path, *model_args, **kwargs):
@@ -133,7 +123,7 @@ def load_pretrained(parent_from_pretrained, cls, pretrained_model_name_or_path, 
         source = config or pretrained_model_name_or_path
         source_type = DetrConfig.get_config_dict(source, **hub_kwargs)[0].get("model_type")
         wants_aux = "auxiliary_loss" not in kwargs
-        with _quiet("transformers.configuration_utils"):  # "model of type detr to instantiate detr_hf": expected
+        with dropped_logs("transformers.configuration_utils", lambda r: "to instantiate a model of type" in r.msg):
             config, kwargs = DetrConfig.from_pretrained(source, return_unused_kwargs=True, **kwargs)
         if source_type == "detr" and wants_aux:
             config.auxiliary_loss = True  # transformers' checkpoints say False; it only matters for training
@@ -143,18 +133,10 @@ def load_pretrained(parent_from_pretrained, cls, pretrained_model_name_or_path, 
     for key in list(kwargs):
         if key in _HUB_KWARGS:
             kwargs.pop(key)
-    with _quiet("transformers.modeling_utils"):  # its report would list the class head we chose to re-initialize
+    # transformers' load report would list the class head we chose to re-initialize: drop it when that is all it says
+    with dropped_logs("transformers.modeling_utils", _only_about(set(reinitialized))):
         model, info = parent_from_pretrained(
             None, *model_args, config=config, state_dict=state_dict, output_loading_info=True, **kwargs
-        )
-    missing = sorted(set(info["missing_keys"]) - set(reinitialized))
-    if missing:
-        logger.warning("Weights not in %s, newly initialized: %s", pretrained_model_name_or_path, ", ".join(missing))
-    if info["unexpected_keys"]:
-        logger.warning(
-            "Weights in %s that this model does not use: %s",
-            pretrained_model_name_or_path,
-            ", ".join(sorted(info["unexpected_keys"])),
         )
     model.name_or_path = str(pretrained_model_name_or_path)
     model.config._name_or_path = str(pretrained_model_name_or_path)

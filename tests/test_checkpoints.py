@@ -155,3 +155,10 @@ def test_config_round_trip_keeps_every_option(tmp_path):
     for key in ("num_queries", "use_focal_loss", "frozen_backbone_stages", "num_labels"):
         assert getattr(loaded, key) == getattr(config, key)
     assert loaded.backbone_config.to_dict() == config.backbone_config.to_dict()
+
+
+def test_an_incompatible_checkpoint_fails_loudly(twin, tmp_path):
+    reference, _ = twin
+    reference.save_pretrained(tmp_path)
+    with pytest.raises(RuntimeError, match="mismatch|ignore_mismatched_sizes"):
+        DetrForObjectDetection.from_pretrained(tmp_path, encoder_ffn_dim=48)
