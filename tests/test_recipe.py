@@ -207,7 +207,7 @@ def test_class_head_rows_are_kept_for_classes_the_checkpoint_knows(tmp_path):
 
 def test_bad_configs_fail_at_start_up_with_a_clear_message(tmp_path):
     recipe = _recipe()
-    with pytest.raises(ValueError, match="learning_rat.*did you mean 'learning_rate'"):
+    with pytest.raises(ValueError, match=r"learning_rat.*did you mean 'learning_rate'"):
         recipe.main(_arguments(tmp_path / "a", learning_rat=1e-4))
     with pytest.raises((FileNotFoundError, ValueError), match="no_such_folder"):
         recipe.main(_arguments(tmp_path / "b", dataset=str(tmp_path / "no_such_folder")))
