@@ -160,5 +160,5 @@ def test_config_round_trip_keeps_every_option(tmp_path):
 def test_an_incompatible_checkpoint_fails_loudly(twin, tmp_path):
     reference, _ = twin
     reference.save_pretrained(tmp_path)
-    with pytest.raises(RuntimeError, match="mismatch|ignore_mismatched_sizes"):
+    with pytest.raises(RuntimeError, match=r"mismatch|ignore_mismatched_sizes"):
         DetrForObjectDetection.from_pretrained(tmp_path, encoder_ffn_dim=48)
