@@ -77,6 +77,16 @@ def freeze_batch_norm(module: nn.Module) -> None:
         module.__class__ = _FoldedResNetShortCut
 
 
+def _relu_in_place(module: nn.Module) -> None:
+    """ReLUs in place: their inputs (a convolution's or a residual sum's output) are needed by no backward, and every
+    skipped allocation of a full feature map counts on CPU."""
+    for name, child in module.named_children():
+        if type(child) is nn.ReLU:
+            setattr(module, name, nn.ReLU(inplace=True))
+        else:
+            _relu_in_place(child)
+
+
 def inflate_input_conv(weight: Tensor, num_channels: int) -> Tensor:
     """Adapts pretrained RGB first-conv weights `(out, 3, k, k)` to `num_channels` inputs, keeping the response to a
     gray image: 1 channel sums the RGB filters; more channels cycle through them, rescaled by 3 / num_channels."""
@@ -107,6 +117,7 @@ class DetrConvEncoder(nn.Module):
             self.model = AutoBackbone.from_config(backbone_config)
         with torch.no_grad():
             freeze_batch_norm(self.model)
+        _relu_in_place(self.model)
         self.channels = self.model.channels
         self.freeze_stages(config.frozen_backbone_stages)
 

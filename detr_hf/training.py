@@ -128,10 +128,13 @@ def _closest(key: str, known: set[str]) -> str:
     return (difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.0) or [""])[0]
 
 
-def parse_recipe_arguments(argv: list[str] | None = None) -> TrainingConfig:
+def parse_recipe_arguments(argv: list[str] | None = None, default_config: str | Path | None = None) -> TrainingConfig:
+    """`--config FILE` (else `default_config`, when no option at all is given) plus `--key value` overrides."""
     parser = argparse.ArgumentParser(description="Fine-tune a DETR detector", add_help=True)
     parser.add_argument("--config", help="a YAML file of options (see detr_hf.training.TrainingConfig)")
     known, rest = parser.parse_known_args(argv)
+    if known.config is None and not rest:
+        known.config = default_config
     return load_training_config(known.config, rest)
 
 

@@ -1,6 +1,6 @@
 """Fine-tune a DETR-family detector with Accelerate: one CPU, one GPU or many processes, nothing to write by hand.
 
-    accelerate launch recipes/finetune.py --config recipes/configs/quickstart.yaml
+    accelerate launch recipes/finetune.py          # = --config recipes/configs/quickstart.yaml
     accelerate launch recipes/finetune.py --config recipes/configs/aerial.yaml --model facebook/detr-resnet-50 \\
         --dataset path/to/yolo_export --output_dir runs/aerial --push_to_hub true
     # several CPU processes (accelerate's own --cpu launcher starts only one without MPI):
@@ -46,6 +46,7 @@ from detr_hf.training import (
 )
 
 logger = get_logger("detr_hf.finetune")
+QUICKSTART = Path(__file__).parent / "configs" / "quickstart.yaml"  # what runs without any option
 
 
 class TrainState:
@@ -185,7 +186,7 @@ def find_checkpoint(spec: str, output_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    config = parse_recipe_arguments(argv)
+    config = parse_recipe_arguments(argv, default_config=QUICKSTART)
     output_dir = Path(config.output_dir)
     accelerator = Accelerator(
         cpu=config.cpu,
