@@ -655,3 +655,36 @@ def format_metrics_table(metrics: Mapping[str, Any]) -> str:
         if any(v < 0 for v in per_class.values()):
             lines.append("(- : no ground-truth boxes of this class)")
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def evaluate_detector(
+    model: torch.nn.Module,
+    image_processor: Any,
+    dataloader: Any,
+    ground_truth: Dataset,
+    accelerator: Any = None,
+    *,
+    show_progress: bool = True,
+) -> tuple[dict[str, Any] | None, CocoEvaluator]:
+    """COCO metrics of `model` over a dataloader of collated batches (``pixel_values``, ``pixel_mask``, ``labels``
+    with ``orig_size`` and ``image_id``), each image counted once across processes.
+
+    Returns the metrics (None off the main process under Accelerate) and the evaluator holding every detection.
+    """
+    from tqdm.auto import tqdm
+
+    unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
+    was_training = model.training
+    model.eval()
+    evaluator = CocoEvaluator(ground_truth, id2label=unwrapped.config.id2label)
+    device = next(unwrapped.parameters()).device
+    is_main = accelerator is None or accelerator.is_main_process
+    for batch in tqdm(dataloader, desc="evaluating", disable=not (show_progress and is_main), leave=False):
+        outputs = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
+        sizes = [label["orig_size"].tolist() for label in batch["labels"]]
+        results = image_processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=sizes)
+        evaluator.update(results, image_ids=[label["image_id"] for label in batch["labels"]])
+    evaluator.gather()
+    model.train(was_training)
+    return (evaluator.compute() if is_main else None), evaluator

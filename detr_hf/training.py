@@ -359,3 +359,20 @@ def build_detector(config: TrainingConfig, class_names: list[str]):
             processor = DetrImageProcessor()
     processor.use_focal_loss = model.config.use_focal_loss
     return model, processor
+
+
+def eval_dataloader(dataset, image_processor, batch_size: int = 8, num_workers: int = 0, seed: int = 0):
+    """Batches of a detection split for evaluation: resized as `image_processor.size` says, collated by it."""
+    from torch.utils.data import DataLoader
+
+    from .data.transforms import build_transforms, make_collate_fn, make_transform_fn
+
+    size = image_processor.size
+    pipeline = build_transforms("eval", [size["shortest_edge"]], size.get("longest_edge"))
+    return DataLoader(
+        dataset.with_transform(make_transform_fn(pipeline)),
+        batch_size=batch_size,
+        collate_fn=make_collate_fn(image_processor),
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -34,13 +34,14 @@ from tqdm.auto import tqdm
 
 from detr_hf.data import build_transforms, class_names_of, load_detection_dataset, make_synthetic_dataset
 from detr_hf.data.transforms import make_collate_fn, make_transform_fn
-from detr_hf.evaluation import CocoEvaluator, format_metrics_table
+from detr_hf.evaluation import evaluate_detector, format_metrics_table
 from detr_hf.training import (
     ModelEma,
     TrainingConfig,
     build_detector,
     build_optimizer,
     build_scheduler,
+    eval_dataloader,
     parse_recipe_arguments,
     write_model_card,
 )
@@ -97,7 +98,6 @@ def make_loaders(config: TrainingConfig, dataset, processor):
     if config.augmentation == "none":
         train_pipeline = build_transforms("eval", config.scales, config.max_size)
     train_transform = SeededTransform(make_transform_fn(train_pipeline), train_pipeline, config.seed)
-    eval_transform = make_transform_fn(build_transforms("eval", config.scales, config.max_size))
     collate = make_collate_fn(processor)
     train = DataLoader(
         dataset[config.train_split].with_transform(train_transform),
@@ -110,30 +110,10 @@ def make_loaders(config: TrainingConfig, dataset, processor):
         # would see other dropout masks than the uninterrupted one
         generator=torch.Generator().manual_seed(config.seed),
     )
-    evaluation = DataLoader(
-        dataset[config.eval_split].with_transform(eval_transform),
-        batch_size=config.per_device_eval_batch_size,
-        collate_fn=collate,
-        num_workers=config.num_workers,
-        generator=torch.Generator().manual_seed(config.seed),
+    evaluation = eval_dataloader(
+        dataset[config.eval_split], processor, config.per_device_eval_batch_size, config.num_workers, config.seed
     )
     return train, evaluation, train_transform
-
-
-@torch.no_grad()
-def evaluate(model, processor, loader, ground_truth, accelerator: Accelerator) -> tuple[dict | None, CocoEvaluator]:
-    """COCO metrics of `model` on `loader`, every image counted once across processes (None off the main process),
-    and the evaluator holding every detection."""
-    model.eval()
-    evaluator = CocoEvaluator(ground_truth, id2label=accelerator.unwrap_model(model).config.id2label)
-    for batch in tqdm(loader, desc="evaluating", disable=not accelerator.is_local_main_process, leave=False):
-        outputs = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
-        sizes = [label["orig_size"].tolist() for label in batch["labels"]]
-        results = processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=sizes)
-        evaluator.update(results, image_ids=[label["image_id"] for label in batch["labels"]])
-    evaluator.gather()
-    model.train()
-    return (evaluator.compute() if accelerator.is_main_process else None), evaluator
 
 
 def plot_history(state: TrainState, path: Path) -> None:
@@ -333,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def run_eval(
     config, model, processor, loader, ground_truth, accelerator, state: TrainState, predictions: Path | None = None
 ):
-    metrics, evaluator = evaluate(model, processor, loader, ground_truth, accelerator)
+    metrics, evaluator = evaluate_detector(model, processor, loader, ground_truth, accelerator)
     if predictions is not None and accelerator.is_main_process:
         predictions.write_text(json.dumps(evaluator.coco_results()))
     if accelerator.is_main_process:
