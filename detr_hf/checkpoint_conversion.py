@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 _STEM = "backbone.model.embedder.embedder.convolution.weight"
 _CLASS_HEAD = "class_labels_classifier."
+_QUERIES = "query_position_embeddings.weight"
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
 _TIMM_RESNET_KEY = re.compile(
@@ -77,8 +78,8 @@ def read_state_dict(path: str, **hub_kwargs: Any) -> dict[str, torch.Tensor]:
 
 
 def _adapt_to_config(state_dict: dict[str, torch.Tensor], config: DetrConfig) -> list[str]:
-    """Inflates an RGB stem to `config.num_channels` and drops a class head of another label set, in place; returns
-    the dropped keys."""
+    """Inflates an RGB stem to `config.num_channels`, extends the object queries to `config.num_queries` and drops a
+    class head of another label set, in place; returns the dropped keys."""
     for key in [k for k in state_dict if k.endswith(_STEM)]:
         if state_dict[key].shape[1] != config.num_channels:
             logger.warning(
@@ -87,6 +88,19 @@ def _adapt_to_config(state_dict: dict[str, torch.Tensor], config: DetrConfig) ->
                 config.num_channels,
             )
             state_dict[key] = inflate_input_conv(state_dict[key], config.num_channels)
+    for key in [k for k in state_dict if k.endswith(_QUERIES)]:
+        queries = state_dict[key]
+        if queries.shape[0] != config.num_queries:
+            logger.warning(
+                "The checkpoint has %d object queries; this model has %d, made by cycling through the trained ones "
+                "(with a little noise so that copies can specialize).",
+                queries.shape[0],
+                config.num_queries,
+            )
+            repeated = queries.repeat(-(-config.num_queries // queries.shape[0]), 1)[: config.num_queries]
+            noise = torch.randn(repeated.shape, generator=torch.Generator().manual_seed(0)) * 0.01 * queries.std()
+            noise[: queries.shape[0]] = 0  # the trained queries stay exactly as they were
+            state_dict[key] = repeated + noise
     head = [k for k in state_dict if k.startswith(_CLASS_HEAD)]
     if head and state_dict[head[0]].shape[0] != config.num_classes_with_background:
         logger.warning(

@@ -162,3 +162,14 @@ def test_an_incompatible_checkpoint_fails_loudly(twin, tmp_path):
     reference.save_pretrained(tmp_path)
     with pytest.raises(RuntimeError, match=r"mismatch|ignore_mismatched_sizes"):
         DetrForObjectDetection.from_pretrained(tmp_path, encoder_ffn_dim=48)
+
+
+def test_more_object_queries_than_the_checkpoint_reuse_the_trained_ones(twin, tmp_path):
+    reference, _ = twin
+    reference.save_pretrained(tmp_path)
+    model = DetrForObjectDetection.from_pretrained(tmp_path, num_queries=25)
+    trained = reference.model.query_position_embeddings.weight
+    extended = model.model.query_position_embeddings.weight
+    assert extended.shape == (25, trained.shape[1])
+    torch.testing.assert_close(extended[:10], trained)
+    assert (extended[10:20] - trained).abs().max() < 0.1 * trained.std() and not torch.equal(extended[10:20], trained)

@@ -218,3 +218,11 @@ def test_bad_configs_fail_at_start_up_with_a_clear_message(tmp_path):
     with pytest.raises(ValueError, match=f"{config_file}.*'warmup'"):
         recipe.main(["--config", str(config_file)])
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("name", ["quickstart", "aerial", "medical", "finetune_coco_format"])
+def test_shipped_configs_are_valid(name):
+    from detr_hf.training import load_training_config
+
+    config = load_training_config(ROOT / "recipes" / "configs" / f"{name}.yaml")
+    assert config.output_dir.startswith("runs/")
