@@ -1,0 +1,149 @@
+"""The ``detr-hf`` command line.
+
+    detr-hf convert path/to/export --format voc --output data/mine [--val-fraction 0.1 --seed 0] [--push-to-hub me/mine]
+    detr-hf inspect data/mine
+
+    detr-hf evaluate --model runs/mine --data data/mine
+    detr-hf predict --model runs/mine photo.jpg --output predictions/
+
+Each subcommand is a function that adds its parser (with ``set_defaults(run=...)``) to the subparsers; to add one,
+write such a function and append it to ``SUBCOMMANDS`` (``evaluate`` and ``predict`` live in ``cli_model``). A
+``run`` function returns the exit status; :class:`~detr_hf.data.report.DatasetValidationError` becomes a one-line
+error and status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+from .cli_model import add_evaluate, add_predict
+from .data.report import DatasetValidationError
+
+
+def _class_names(value: str | None) -> list[str] | None:
+    """``a,b,c`` or ``@classes.txt`` (one name a line)."""
+    if value is None:
+        return None
+    if value.startswith("@"):
+        return [line.strip() for line in Path(value[1:]).read_text().splitlines() if line.strip()]
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
+# -- convert ---------------------------------------------------------------------------------------------------------
+def _add_convert(subparsers: argparse._SubParsersAction) -> None:
+    from .data.formats import FORMATS  # keeps `detr-hf --help` fast
+
+    p = subparsers.add_parser(
+        "convert",
+        help="convert an annotation export to a Hugging Face dataset (saved with its report)",
+        description="Convert annotations (COCO, VOC, YOLO, LabelMe, CVAT, CSV, Open Images) to a dataset in the "
+        "detection schema, saved with save_to_disk plus conversion_report.json and categories.json.",
+    )
+    p.add_argument("source", help="annotation folder, COCO JSON file, saved dataset folder or Hub dataset name")
+    p.add_argument("--output", "-o", required=True, help="folder to save the dataset to")
+    p.add_argument("--format", "-f", default="auto", choices=("auto", *FORMATS), help="source format (default: auto)")
+    p.add_argument("--images-dir", help="folder holding the images, when not in the source folder")
+    p.add_argument("--class-names", help="class list and order: 'a,b,c' or '@file' (one name a line)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of train for validation when the source "
+                   "has no validation split (default 0.1; 0 for none)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split (default 0)")
+    p.add_argument("--strict", action="store_true", help="fail on the first fix instead of fixing and reporting it")
+    p.add_argument("--exclude-difficult", action="store_true", help="leave out VOC 'difficult' boxes")
+    p.add_argument("--no-verify-images", action="store_true", help="skip decoding each image (faster, less safe)")
+    p.add_argument("--voc-zero-based", action="store_true", help="VOC corners are 0-based (CVAT/Datumaro exports)")
+    p.add_argument("--num-proc", type=int, default=None, help="worker processes for the image checks")
+    p.add_argument("--cache-dir", help="datasets cache folder for the intermediate Arrow files")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="also push the dataset to this Hub dataset repo")
+    p.add_argument("--private", action="store_true", help="make the pushed Hub repo private")
+    p.set_defaults(run=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from .data.loading import convert_detection_dataset
+
+    options = {"one_based": False} if args.voc_zero_based else {}
+    _, report = convert_detection_dataset(
+        args.source,
+        args.output,
+        args.format,
+        push_to_hub=args.push_to_hub,
+        private=args.private,
+        images_dir=args.images_dir,
+        class_names=_class_names(args.class_names),
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        strict=args.strict,
+        include_difficult=not args.exclude_difficult,
+        verify_images=not args.no_verify_images,
+        num_proc=args.num_proc,
+        cache_dir=args.cache_dir,
+        verbose=True,
+        **options,
+    )
+    print(f"saved to {args.output} ({report.num_images} images, {report.num_boxes} boxes, {report.num_fixes} fixes)")
+    return 0
+
+
+# -- inspect ---------------------------------------------------------------------------------------------------------
+def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "inspect",
+        help="counts, boxes per class, box sizes; saves a plot",
+        description="Print a dataset's statistics (images, negatives, boxes per class, COCO small/medium/large, box "
+        "sizes) and save them as a PNG plot.",
+    )
+    p.add_argument("dataset", help="saved dataset folder (or any source load_detection_dataset reads)")
+    p.add_argument("--plot", help="PNG to write (default: <dataset>/dataset_stats.png, or ./dataset_stats.png)")
+    p.add_argument("--no-plot", action="store_true", help="print only")
+    p.add_argument("--json", dest="json_path", help="also write the statistics as JSON here")
+    p.set_defaults(run=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from .data.inspect import inspect_dataset, plot_dataset_stats
+
+    stats = inspect_dataset(args.dataset)
+    print(stats)
+    if args.json_path:
+        Path(args.json_path).write_text(json.dumps(stats.to_dict(), indent=2))
+    if not args.no_plot:
+        source = Path(args.dataset)
+        default = source / "dataset_stats.png" if source.is_dir() else Path("dataset_stats.png")
+        path = plot_dataset_stats(stats, args.plot or default, title=source.name)
+        print(f"plot saved to {path}")
+    return 0
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_convert,
+    _add_inspect,
+    add_evaluate,
+    add_predict,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detr-hf", description="Fine-tune DETR-family detectors on your own data.")
+    parser.add_argument("--version", action="version", version=f"detr-hf {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except DatasetValidationError as e:
+        print(f"detr-hf {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""What every format reader produces, and the context it reads in.
+
+A reader parses annotations only (never pixels) into :class:`SourceImage` records: boxes as ``xyxy`` corners in the
+source's own frame (pixels, or fractions of the image when ``normalized``), classes by name. It yields them one at a
+time, so the loader can pickle each into a compact record at once and never holds a dataset's worth of objects; the
+loader then checks the images in parallel and turns the records into dataset rows. Readers report every problem
+through :meth:`ReadContext.issue`, which raises at once under ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from ..report import ConversionReport, Issue
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+
+_SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "trainval": "train",
+    "val": "validation",
+    "valid": "validation",
+    "validation": "validation",
+    "dev": "validation",
+    "test": "test",
+    "testing": "test",
+}
+
+
+def normalize_split_name(name: str) -> str:
+    """``val``/``valid``/``dev`` -> ``validation``, ``training`` -> ``train``; anything else is made a safe name."""
+    key = name.strip().lower()
+    if key in _SPLIT_ALIASES:
+        return _SPLIT_ALIASES[key]
+    return re.sub(r"[^\w]+", "_", key).strip("_") or "train"
+
+
+def split_from_text(text: str) -> str | None:
+    """The split a file or folder name refers to (``instances_val2017`` -> ``validation``), if any."""
+    tokens = [t for t in re.split(r"[^a-z]+", text.lower()) if t]
+    for token in reversed(tokens):  # "instances_train2017": the last split-like word wins
+        if token in _SPLIT_ALIASES:
+            return _SPLIT_ALIASES[token]
+    return None
+
+
+@dataclass(slots=True)
+class SourceObject:
+    """One annotation as the source gives it."""
+
+    name: str
+    box: tuple[float, float, float, float]  # xyxy, in pixels of the source frame, or fractions if normalized
+    record: str  # where it is in its file: "line 3", "object 2", "annotation id 17"
+    normalized: bool = False
+    source_id: int | None = None  # the source's annotation id (COCO)
+    area: float | None = None  # the source's area when it has one (COCO: the segmentation's area)
+    iscrowd: int = 0
+    difficult: int = 0
+    truncated: int = 0
+    label: int = -1  # the dataset label, when the reader already knows it (datasets cast from another schema)
+
+
+@dataclass(slots=True)
+class SourceImage:
+    """One image and its annotations as the source gives them."""
+
+    file_name: str  # the image's path relative to the images root (posix): the record's key
+    ann_file: str  # the annotation file, relative to the source folder, for messages
+    path: str | None = None  # absolute path of the image file, None when missing or embedded
+    embedded_in: str | None = None  # absolute path of a LabelMe JSON whose imageData holds the image
+    record: str = ""  # where the image is in ann_file, when that file holds many images
+    image_id: int | None = None  # the source's image id (COCO, CVAT)
+    declared_size: tuple[int, int] | None = None  # (width, height) written in the annotation file
+    split: str | None = None
+    objects: list[SourceObject] = field(default_factory=list)
+    stat: tuple[int, int] | None = None  # (size, mtime_ns) of the image file: part of the cache key
+
+
+@dataclass
+class SourceCategory:
+    """A class as the source defines it; ``source_id`` is its id in the source (COCO id, YOLO index)."""
+
+    name: str
+    source_id: int | None = None
+    supercategory: str | None = None
+
+
+@dataclass
+class SourceData:
+    """What a reader found: its images (an iterator, read once), and the class list when the source defines one, in
+    its order. ``categories`` may be filled while ``images`` is consumed (a CVAT file's labels, COCO split files):
+    read it afterwards. ``None`` means the source names classes only on its boxes."""
+
+    images: Iterable[SourceImage]
+    categories: list[SourceCategory] | None = None
+
+
+def walk_files(root: Path, suffix: str) -> list[str]:
+    """Files under ``root`` ending in ``suffix`` (case-insensitive), sorted, skipping hidden folders and files.
+
+    Strings, not ``Path`` objects: a folder may hold a million label files.
+    """
+    out = []
+    for dirpath, dirnames, filenames in os.walk(os.path.abspath(root)):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        out.extend(os.path.join(dirpath, f) for f in filenames if f.lower().endswith(suffix) and not f.startswith("."))
+    return sorted(out)
+
+
+class ImageIndex:
+    """Every image file under a folder: absolute paths (strings), and the same by file name and by stem."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.by_path: set[str] = set()
+        self.by_name: dict[str, list[str]] = {}
+        self.by_stem: dict[str, list[str]] = {}
+        if root.is_dir():
+            for dirpath, dirnames, filenames in os.walk(os.path.abspath(root)):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for name in sorted(filenames):
+                    stem, extension = os.path.splitext(name)
+                    if extension.lower() in IMAGE_EXTENSIONS:
+                        path = os.path.join(dirpath, name)
+                        self.by_path.add(path)
+                        self.by_name.setdefault(name, []).append(path)
+                        self.by_stem.setdefault(stem, []).append(path)
+
+    def all_images(self) -> list[str]:
+        return sorted(self.by_path)
+
+    def __len__(self) -> int:
+        return len(self.by_path)
+
+
+def _best_match(candidates: list[Path], wanted: PurePosixPath, split: str | None) -> Path | None:
+    """Among same-named files, the one whose folders match ``wanted``'s, or its split's; None if still ambiguous."""
+
+    def suffix_len(p: Path) -> int:
+        n = 0
+        for a, b in zip(reversed(p.parts), reversed(wanted.parts)):
+            if a != b:
+                break
+            n += 1
+        return n
+
+    scored = sorted(candidates, key=suffix_len, reverse=True)
+    if suffix_len(scored[0]) > suffix_len(scored[1]):
+        return scored[0]
+    if split is not None:
+        in_split = [p for p in candidates if any(split_from_text(part) == split for part in p.parts[:-1])]
+        if len(in_split) == 1:
+            return in_split[0]
+    return None
+
+
+class ReadContext:
+    """Where a reader reads: the source folder, the images folder, the report, the strictness.
+
+    Paths are compared as absolute strings (``os.path.abspath``, no symlink resolution): cheap for a million files,
+    and a ``file_name`` stays the path the user sees under their folder.
+    """
+
+    def __init__(self, root: Path, images_root: Path, report: ConversionReport, strict: bool = False) -> None:
+        self.root = root
+        self.images_root = images_root
+        self.report = report
+        self.strict = strict
+        self._root = os.path.abspath(root)
+        self._images_root = os.path.abspath(images_root)
+        self._index: ImageIndex | None = None
+
+    @property
+    def index(self) -> ImageIndex:
+        if self._index is None:
+            self._index = ImageIndex(self.images_root)
+        return self._index
+
+    @staticmethod
+    def _relative(path: str | Path, bases: tuple[str, ...]) -> str | None:
+        path = os.path.abspath(path)
+        for base in bases:
+            if path.startswith(base + os.sep):
+                return path[len(base) + 1 :].replace(os.sep, "/")
+        return None
+
+    def rel(self, path: str | Path) -> str:
+        """``path`` relative to the source folder (or the images folder), for messages."""
+        return self._relative(path, (self._root, self._images_root)) or Path(path).as_posix()
+
+    def file_name(self, path: str | Path) -> str:
+        """An image's ``file_name``: its path relative to the images folder (or the source folder)."""
+        return self._relative(path, (self._images_root, self._root)) or Path(path).name
+
+    def issue(self, kind: str, file: str, record: str, message: str, boxes_lost: int = 0) -> None:
+        """Record a fix or a note; under ``strict=True`` a fix raises instead."""
+        issue = Issue(kind=kind, file=file, record=record, message=message, boxes_lost=boxes_lost)
+        if self.strict and issue.is_fix:
+            raise issue.as_error()
+        self.report.add(issue)
+
+    def resolve_image(self, name: str, *, base_dirs: tuple[Path, ...] = (), split: str | None = None) -> Path | None:
+        """Find the file an annotation names: next to it, under the images folder, or by its name anywhere there."""
+        name = name.replace("\\", "/").strip()
+        if not name:
+            return None
+        if os.path.isabs(name):
+            return Path(name) if os.path.isfile(name) else None
+        index = self.index
+        direct = os.path.normpath(os.path.join(self._images_root, name))
+        if direct in index.by_path:  # the common case: named relative to the images folder
+            return Path(direct)
+        candidates = [os.path.abspath(os.path.join(base, name)) for base in (*base_dirs, self.root)]
+        for candidate in candidates:
+            if candidate in index.by_path:
+                return Path(candidate)
+        for candidate in candidates:  # files outside the indexed images folder
+            if not candidate.startswith(self._images_root + os.sep) and os.path.isfile(candidate):
+                return Path(candidate)
+        wanted = PurePosixPath(name)
+        matches = index.by_name.get(wanted.name)
+        if not matches and not wanted.suffix:
+            matches = index.by_stem.get(wanted.name)
+        if not matches:
+            return None
+        if len(matches) == 1:
+            return Path(matches[0])
+        return _best_match([Path(m) for m in matches], wanted, split)
+
+    @staticmethod
+    def stat(path: str | Path) -> tuple[int, int]:
+        st = os.stat(path)
+        return (st.st_size, st.st_mtime_ns)
+
+    def make_image(self, name: str, ann_file: str, *, base_dirs: tuple[Path, ...] = (), **fields) -> SourceImage:
+        """A :class:`SourceImage` for the image ``name`` found as :meth:`resolve_image` does (``path`` None if not)."""
+        path = self.resolve_image(name, base_dirs=base_dirs, split=fields.get("split"))
+        if path is None:
+            file_name = PurePosixPath(name.replace("\\", "/")).as_posix().lstrip("/")
+            return SourceImage(file_name=file_name, ann_file=ann_file, **fields)
+        path = os.path.abspath(path)
+        return SourceImage(file_name=self.file_name(path), ann_file=ann_file, path=path, stat=self.stat(path), **fields)

@@ -1,0 +1,114 @@
+"""CSV with one box per row: ``filename,width,height,class,xmin,ymin,xmax,ymax`` (read and write).
+
+Corners are continuous pixel coordinates; ``width``/``height`` are optional. A row with an empty class and empty
+corners lists an image without boxes (a negative). Several CSV files are splits named after their files
+(``train.csv``, ``val.csv``). The delimiter (``,``, ``;`` or tab) is sniffed and a decimal comma is accepted.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from datasets import Dataset
+
+from ..report import DatasetValidationError
+from ..schema import class_names_of
+from .base import ReadContext, SourceData, SourceImage, SourceObject, split_from_text
+from .geometry import format_number, parse_number, xywh_to_xyxy
+
+NAME = "csv"
+COLUMNS = ("filename", "width", "height", "class", "xmin", "ymin", "xmax", "ymax")
+_REQUIRED = {"filename", "class", "xmin", "ymin", "xmax", "ymax"}
+
+
+def sniff_dialect(head: str) -> type[csv.Dialect] | csv.Dialect:
+    try:
+        return csv.Sniffer().sniff(head.splitlines()[0] if head else "", delimiters=",;\t")
+    except csv.Error:
+        return csv.excel
+
+
+def header_of(path: Path) -> list[str]:
+    with open(path, newline="", errors="replace") as f:
+        head = f.read(4096)
+    rows = list(csv.reader(head.splitlines()[:1], sniff_dialect(head)))
+    return [c.strip().lower() for c in rows[0]] if rows else []
+
+
+def find_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.csv") if set(header_of(p)) >= _REQUIRED)
+
+
+def read_file(path: Path, split: str | None, ctx: ReadContext) -> list[SourceImage]:
+    ann_file = ctx.rel(path)
+    images: dict[str, SourceImage] = {}
+    with open(path, newline="", errors="replace") as f:
+        reader = csv.reader(f, sniff_dialect(f.read(4096)))
+        f.seek(0)
+        header = [c.strip().lower() for c in next(reader)]
+        col = {name: header.index(name) for name in COLUMNS if name in header}
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            record = f"line {reader.line_num}"
+            if len(row) > len(header):
+                ctx.issue("malformed", ann_file, record, f"{len(row)} fields, header has {len(header)}", boxes_lost=1)
+                continue
+            row += [""] * (len(header) - len(row))  # "a.jpg,640,480" lists a negative without trailing commas
+            name = row[col["filename"]].strip()
+            image = images.get(name)
+            if image is None:
+                size = None
+                if "width" in col and "height" in col and row[col["width"]].strip() and row[col["height"]].strip():
+                    try:
+                        size = (int(parse_number(row[col["width"]])), int(parse_number(row[col["height"]])))
+                    except ValueError:
+                        size = None
+                image = images[name] = ctx.make_image(
+                    name, ann_file, base_dirs=(path.parent,), declared_size=size, split=split
+                )
+            label = row[col["class"]].strip()
+            corners = [row[col[k]].strip() for k in ("xmin", "ymin", "xmax", "ymax")]
+            if not label and not any(corners):
+                continue  # an image without boxes
+            try:
+                if not label:
+                    raise ValueError("empty class")
+                box = tuple(parse_number(c) for c in corners)
+            except ValueError as e:
+                ctx.issue("malformed", ann_file, record, f"unreadable box: {e}", boxes_lost=1)
+                continue
+            image.objects.append(SourceObject(name=label, box=box, record=record))
+    return list(images.values())
+
+
+def read(ctx: ReadContext) -> SourceData:
+    files = find_files(ctx.root)
+    if not files:
+        raise DatasetValidationError(f"{ctx.root}: no CSV with columns {','.join(COLUMNS)} found")
+    splits = {path: split_from_text(path.stem) if len(files) > 1 else None for path in files}
+    for path, split in splits.items():
+        if len(files) > 1 and split is None:
+            raise DatasetValidationError(
+                f"{ctx.root}: several CSV files, and {path.name} names no split (train/val/test)"
+            )
+    return SourceData(images=(image for path, split in splits.items() for image in read_file(path, split, ctx)))
+
+
+def export_csv(dataset: Dataset, path: str | Path) -> Path:
+    """Write ``dataset`` as one CSV (a negative image gets one row with empty class and corners)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = class_names_of(dataset)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for row in dataset.select_columns(["file_name", "width", "height", "objects"]):
+            objects = row["objects"]
+            if not objects["bbox"]:
+                writer.writerow([row["file_name"], row["width"], row["height"], "", "", "", "", ""])
+            for bbox, label in zip(objects["bbox"], objects["category"]):
+                corners = [format_number(v) for v in xywh_to_xyxy(*bbox)]
+                writer.writerow([row["file_name"], row["width"], row["height"], names[label], *corners])
+    return path

@@ -1,0 +1,89 @@
+"""Open Images box CSV: ``ImageID,...,LabelName,...,XMin,XMax,YMin,YMax,...,IsGroupOf,...`` (fractions of the image).
+
+``LabelName`` is a machine id (``/m/01g317``) named by a ``class-descriptions*.csv`` beside it when one is there, else
+used as the class name. ``IsGroupOf`` boxes are crowd boxes, ``IsTruncated`` sets ``truncated``. Files named
+``train-...``/``validation-...``/``test-...`` are splits. Decimal commas (``"0,358"``) are accepted.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from ..report import DatasetValidationError
+from .base import ReadContext, SourceData, SourceImage, SourceObject, split_from_text
+from .csv_table import header_of, sniff_dialect
+from .geometry import parse_number
+
+NAME = "openimages"
+_REQUIRED = {"imageid", "labelname", "xmin", "xmax", "ymin", "ymax"}
+
+
+def find_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.csv") if set(header_of(p)) >= _REQUIRED)
+
+
+def _class_descriptions(root: Path) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for path in sorted(root.rglob("*class-descriptions*.csv")):
+        with open(path, newline="", errors="replace") as f:
+            for row in csv.reader(f):
+                if len(row) >= 2:
+                    names.setdefault(row[0].strip(), row[1].strip())
+    return names
+
+
+def _flag(text: str) -> int:
+    try:
+        return int(parse_number(text) > 0) if text.strip() else 0
+    except ValueError:
+        return 0
+
+
+def read_file(path: Path, split: str | None, ctx: ReadContext, names: dict[str, str]) -> list[SourceImage]:
+    ann_file = ctx.rel(path)
+    images: dict[str, SourceImage] = {}
+    with open(path, newline="", errors="replace") as f:
+        reader = csv.reader(f, sniff_dialect(f.read(4096)))
+        f.seek(0)
+        header = [c.strip().lower() for c in next(reader)]
+        col = {name: k for k, name in enumerate(header)}
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            record = f"line {reader.line_num}"
+            if len(row) != len(header):
+                ctx.issue("malformed", ann_file, record, f"{len(row)} fields, header has {len(header)}", boxes_lost=1)
+                continue
+            image_name = row[col["imageid"]].strip()
+            image = images.get(image_name)
+            if image is None:
+                image = images[image_name] = ctx.make_image(image_name, ann_file, base_dirs=(path.parent,), split=split)
+            label = row[col["labelname"]].strip()
+            try:
+                if not label:
+                    raise ValueError("empty LabelName")
+                x0, x1, y0, y1 = (parse_number(row[col[k]]) for k in ("xmin", "xmax", "ymin", "ymax"))
+            except ValueError as e:
+                ctx.issue("malformed", ann_file, record, f"unreadable box: {e}", boxes_lost=1)
+                continue
+            image.objects.append(
+                SourceObject(
+                    name=names.get(label, label),
+                    box=(x0, y0, x1, y1),
+                    record=record,
+                    normalized=True,
+                    iscrowd=_flag(row[col["isgroupof"]]) if "isgroupof" in col else 0,
+                    truncated=_flag(row[col["istruncated"]]) if "istruncated" in col else 0,
+                )
+            )
+    return list(images.values())
+
+
+def read(ctx: ReadContext) -> SourceData:
+    files = find_files(ctx.root)
+    if not files:
+        raise DatasetValidationError(f"{ctx.root}: no Open Images CSV (ImageID, LabelName, XMin, ...) found")
+    names = _class_descriptions(ctx.root)
+    splits = {path: split_from_text(path.stem) if len(files) > 1 else None for path in files}
+    return SourceData(images=(image for path, split in splits.items() for image in read_file(path, split, ctx, names)))
