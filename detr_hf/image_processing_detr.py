@@ -247,24 +247,7 @@ class DetrHfImageProcessor(BaseImageProcessor):
 
     def to_dict(self) -> dict[str, Any]:
         """The ``preprocessor_config.json`` content (transformers' keys plus ``use_focal_loss``)."""
-        config = {
-            key: getattr(self, key)
-            for key in (
-                "do_resize",
-                "size",
-                "resample",
-                "do_rescale",
-                "rescale_factor",
-                "do_normalize",
-                "image_mean",
-                "image_std",
-                "do_pad",
-                "pad_size",
-                "do_convert_annotations",
-                "format",
-                "use_focal_loss",
-            )
-        }
+        config = {key: getattr(self, key) for key in (*_CALL_OVERRIDES, "use_focal_loss")}
         config["image_processor_type"] = type(self).__name__
         return config
 
