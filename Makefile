@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 quickstart: $(STAMP)
-	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no recipes/finetune.py
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_cpu_threads_per_process $(shell nproc) --num_machines 1 --mixed_precision no --dynamo_backend no recipes/finetune.py
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -n 2 -q
