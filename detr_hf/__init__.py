@@ -6,9 +6,11 @@ Importing the package registers its config, model and image processor with trans
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection
 
+from .configuration_deformable import DeformableDetrConfig
 from .configuration_detr import DetrConfig
 from .image_processing_detr import DetrHfImageProcessor, DetrImageProcessor
 from .logging_utils import dropped_logs
+from .modeling_deformable import DeformableDetrForObjectDetection, DeformableDetrModel
 from .modeling_detr import DetrForObjectDetection, DetrModel, DetrObjectDetectionOutput, DetrPreTrainedModel
 
 __version__ = "0.1.0"
@@ -16,15 +18,22 @@ __version__ = "0.1.0"
 AutoConfig.register(DetrConfig.model_type, DetrConfig, exist_ok=True)
 AutoModel.register(DetrConfig, DetrModel, exist_ok=True)
 AutoModelForObjectDetection.register(DetrConfig, DetrForObjectDetection, exist_ok=True)
+AutoConfig.register(DeformableDetrConfig.model_type, DeformableDetrConfig, exist_ok=True)
+AutoModel.register(DeformableDetrConfig, DeformableDetrModel, exist_ok=True)
+AutoModelForObjectDetection.register(DeformableDetrConfig, DeformableDetrForObjectDetection, exist_ok=True)
 # Registering makes transformers resolve its own processors, which warns about torchvision on every import.
 with dropped_logs("transformers.utils.import_utils", lambda record: "torchvision" in str(record.msg)):
-    AutoImageProcessor.register(
-        DetrConfig,
-        image_processor_classes={"pil": DetrHfImageProcessor, "torchvision": DetrHfImageProcessor},
-        exist_ok=True,
-    )
+    for config_class in (DetrConfig, DeformableDetrConfig):
+        AutoImageProcessor.register(
+            config_class,
+            image_processor_classes={"pil": DetrHfImageProcessor, "torchvision": DetrHfImageProcessor},
+            exist_ok=True,
+        )
 
 __all__ = [
+    "DeformableDetrConfig",
+    "DeformableDetrForObjectDetection",
+    "DeformableDetrModel",
     "DetrConfig",
     "DetrForObjectDetection",
     "DetrHfImageProcessor",

@@ -1,5 +1,8 @@
 """Loading the checkpoints people already have: transformers' DETR layouts mapped onto detr_hf's parameter names.
 
+Transformers' Deformable DETR checkpoints load into `DeformableDetrForObjectDetection` with the same renames (their
+in-memory names are detr_hf's), minus the decoder's tied copies of the detection heads.
+
 Three layouts exist for `DetrForObjectDetection` weights:
 - the Hub's main revision (e.g. facebook/detr-resnet-50): a timm ResNet under `backbone.conv_encoder.model`
   (`layer1.0.conv1.weight`), attention `out_proj`, feed-forward `fc1`/`fc2` directly in each layer;
@@ -25,7 +28,11 @@ from .logging_utils import dropped_logs
 logger = logging.getLogger(__name__)
 
 _STEM = "backbone.model.embedder.embedder.convolution.weight"
-_CLASS_HEAD = "class_labels_classifier."
+_CLASS_HEADS = ("class_labels_classifier.", "class_embed.")  # DETR's, Deformable DETR's
+# Deformable DETR's decoder holds the detection heads too, tied to the top-level ones; transformers 5 writes only one
+# of the two copies (the decoder's box heads), and only the first class head (it ties the others to it).
+_TIED_DECODER_HEADS = re.compile(r"^model\.decoder\.((?:bbox|class)_embed\.)")
+_HEAD_INDEX = re.compile(r"^(bbox|class)_embed\.(\d+)\.")
 _QUERIES = "query_position_embeddings.weight"
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder", "proxies")
 
@@ -55,11 +62,16 @@ _RENAMES: list[tuple[re.Pattern, Any]] = [
 
 
 def convert_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Renames the keys of any transformers DETR layout to detr_hf's (detr_hf's own keys pass unchanged)."""
+    """Renames the keys of any transformers DETR or Deformable DETR layout to detr_hf's (detr_hf's own keys pass
+    unchanged)."""
     converted = {}
     for key, tensor in state_dict.items():
         if key.endswith("num_batches_tracked"):
             continue
+        if _TIED_DECODER_HEADS.match(key):
+            if _TIED_DECODER_HEADS.sub(r"\1", key) in state_dict:
+                continue  # the top-level copy is there too
+            key = _TIED_DECODER_HEADS.sub(r"\1", key)
         for pattern, replacement in _RENAMES:
             key = pattern.sub(replacement, key)
         converted[key] = tensor
@@ -77,9 +89,24 @@ def read_state_dict(path: str, **hub_kwargs: Any) -> dict[str, torch.Tensor]:
     return torch.load(file, map_location="cpu", weights_only=True)
 
 
+def _complete_deformable_heads(state_dict: dict[str, torch.Tensor], config: DetrConfig) -> None:
+    """Gives Deformable DETR one class and box head per decoder layer with box refinement (copies of head 0 where
+    the checkpoint has tied them), and only head 0 without, plus the encoder's with two-stage, in place."""
+    layers = (config.decoder_layers if config.with_box_refine else 1) + int(config.two_stage)
+    for key in [k for k in state_dict if _HEAD_INDEX.match(k)]:
+        kind, index = _HEAD_INDEX.match(key).groups()
+        if int(index) >= layers:
+            del state_dict[key]
+        elif index == "0":
+            for i in range(1, layers):
+                state_dict.setdefault(key.replace(f"{kind}_embed.0.", f"{kind}_embed.{i}.", 1), state_dict[key])
+
+
 def _adapt_to_config(state_dict: dict[str, torch.Tensor], config: DetrConfig) -> list[str]:
     """Inflates an RGB stem to `config.num_channels`, extends the object queries to `config.num_queries` and drops a
     class head of another label set, in place; returns the dropped keys."""
+    if hasattr(config, "with_box_refine"):
+        _complete_deformable_heads(state_dict, config)
     for key in [k for k in state_dict if k.endswith(_STEM)]:
         if state_dict[key].shape[1] != config.num_channels:
             logger.warning(
@@ -101,7 +128,7 @@ def _adapt_to_config(state_dict: dict[str, torch.Tensor], config: DetrConfig) ->
             noise = torch.randn(repeated.shape, generator=torch.Generator().manual_seed(0)) * 0.01 * queries.std()
             noise[: queries.shape[0]] = 0  # the trained queries stay exactly as they were
             state_dict[key] = repeated + noise
-    head = [k for k in state_dict if k.startswith(_CLASS_HEAD)]
+    head = [k for k in state_dict if k.startswith(_CLASS_HEADS)]
     if head and state_dict[head[0]].shape[0] != config.num_classes_with_background:
         logger.warning(
             "The checkpoint's class head predicts %d classes; this model has %d labels (%s), so the class head is "
@@ -135,11 +162,11 @@ def load_pretrained(parent_from_pretrained, cls, pretrained_model_name_or_path, 
     output_loading_info = kwargs.pop("output_loading_info", False)
     if not isinstance(config, DetrConfig):
         source = config or pretrained_model_name_or_path
-        source_type = DetrConfig.get_config_dict(source, **hub_kwargs)[0].get("model_type")
+        source_type = cls.config_class.get_config_dict(source, **hub_kwargs)[0].get("model_type")
         wants_aux = "auxiliary_loss" not in kwargs
         with dropped_logs("transformers.configuration_utils", lambda r: "to instantiate a model of type" in r.msg):
-            config, kwargs = DetrConfig.from_pretrained(source, return_unused_kwargs=True, **kwargs)
-        if source_type == "detr" and wants_aux:
+            config, kwargs = cls.config_class.from_pretrained(source, return_unused_kwargs=True, **kwargs)
+        if source_type in ("detr", "deformable_detr") and wants_aux:
             config.auxiliary_loss = True  # transformers' checkpoints say False; it only matters for training
     config.use_pretrained_backbone = False  # the checkpoint holds the backbone
     state_dict = convert_state_dict(read_state_dict(str(pretrained_model_name_or_path), **hub_kwargs))

@@ -129,6 +129,13 @@ class DetrConfig(PretrainedConfig):
         if getattr(self.backbone_config, "num_channels", self.num_channels) != self.num_channels:
             self.backbone_config.num_channels = self.num_channels
 
+    @classmethod
+    def dino_like(cls, **overrides: Any) -> PretrainedConfig:
+        """The fast-converging preset, a [`DeformableDetrConfig`]: see `DeformableDetrConfig.dino_like`."""
+        from .configuration_deformable import DeformableDetrConfig
+
+        return DeformableDetrConfig.dino_like(**overrides)
+
     @property
     def num_classes_with_background(self) -> int:
         """Width of the class head: one logit per class, plus "no object" unless focal loss is used."""

@@ -75,14 +75,18 @@ class DetrObjectDetectionOutput(ModelOutput):
     cross_attentions: tuple[Tensor, ...] | None = None
 
 
-def sine_position_embedding(mask: Tensor, num_features: int, temperature: float = 10000.0) -> Tensor:
+def sine_position_embedding(
+    mask: Tensor, num_features: int, temperature: float = 10000.0, offset: float = 0.0
+) -> Tensor:
     """DETR's 2-D sine encoding `(batch, height * width, 2 * num_features)` of a `(batch, height, width)` bool mask
-    of real cells, normalized to [0, 2*pi] over each image's unpadded extent: (y features, then x features)."""
+    of real cells, normalized to [0, 2*pi] over each image's unpadded extent: (y features, then x features).
+
+    `offset=0.5` measures positions at cell centres instead of their far edges, as Deformable DETR does."""
     not_padded = mask.float()
     y = not_padded.cumsum(1)
     x = not_padded.cumsum(2)
-    y = y / (y[:, -1:, :] + 1e-6) * (2 * math.pi)
-    x = x / (x[:, :, -1:] + 1e-6) * (2 * math.pi)
+    y = (y - offset) / (y[:, -1:, :] + 1e-6) * (2 * math.pi)
+    x = (x - offset) / (x[:, :, -1:] + 1e-6) * (2 * math.pi)
     exponent = 2 * torch.div(torch.arange(num_features, device=mask.device), 2, rounding_mode="floor") / num_features
     frequencies = temperature**exponent
     pos_x, pos_y = x[..., None] / frequencies, y[..., None] / frequencies
