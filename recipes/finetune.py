@@ -306,6 +306,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         config, eval_model, processor, eval_loader, ground_truth, accelerator, state, output_dir / "predictions.json"
     )
     results = finish(config, accelerator, final, processor, metrics, state, output_dir, len(train_loader))
+    accelerator.wait_for_everyone()  # no process leaves while another may still need it
     accelerator.end_training()
     return results
 
@@ -323,13 +324,16 @@ def run_eval(
         current = metrics.get(config.metric_for_best_model, -1)
         if current > state.best_metric:
             state.best_metric, state.evals_without_improvement = current, 0
-            best = Path(config.output_dir) / "best"
-            accelerator.unwrap_model(model).save_pretrained(best)
-            processor.save_pretrained(best)
         else:
             state.evals_without_improvement += 1
     shared = [state.best_metric, state.evals_without_improvement, state.eval_history]
     state.best_metric, state.evals_without_improvement, state.eval_history = broadcast_object_list(shared)
+    if state.evals_without_improvement == 0:
+        # every process calls save_pretrained (transformers may gather across them); only the main one writes
+        best = Path(config.output_dir) / "best"
+        accelerator.unwrap_model(model).save_pretrained(best, is_main_process=accelerator.is_main_process)
+        if accelerator.is_main_process:
+            processor.save_pretrained(best)
     return metrics
 
 
@@ -342,9 +346,10 @@ def finish(
     config, accelerator, model, processor, metrics, state: TrainState, output_dir: Path, batches_per_epoch: int
 ) -> dict[str, Any]:
     """Saves the model, processor, metrics, curves and model card (main process), and pushes them when asked."""
+    model.save_pretrained(output_dir, is_main_process=accelerator.is_main_process)  # on every process, see run_eval
+    accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return {}
-    model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     train_results = {
         "train_seconds": round(state.train_seconds, 2),
