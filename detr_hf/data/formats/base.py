@@ -247,3 +247,7 @@ class ReadContext:
             return SourceImage(file_name=file_name, ann_file=ann_file, **fields)
         path = os.path.abspath(path)
         return SourceImage(file_name=self.file_name(path), ann_file=ann_file, path=path, stat=self.stat(path), **fields)
+
+
+class UnsupportedShapeError(Exception):
+    """A shape type that has no box (points, lines, ...): the reader reports the shape as skipped."""

@@ -12,7 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..report import DatasetValidationError
-from .base import ReadContext, SourceCategory, SourceData, SourceImage, SourceObject, normalize_split_name
+from .base import (
+    ReadContext,
+    SourceCategory,
+    SourceData,
+    SourceImage,
+    SourceObject,
+    UnsupportedShapeError,
+    normalize_split_name,
+)
 from .geometry import parse_number, points_bounds, rotated_box_bounds
 from .voc import xml_root_tag
 
@@ -48,7 +56,7 @@ def element_box(el: ET.Element) -> tuple[float, float, float, float]:
     if el.tag == "ellipse":
         cx, cy, rx, ry = (parse_number(el.get(k)) for k in ("cx", "cy", "rx", "ry"))
         return rotated_box_bounds((cx - rx, cy - ry, cx + rx, cy + ry), parse_number(el.get("rotation") or 0))
-    raise NotImplementedError(el.tag)
+    raise UnsupportedShapeError(el.tag)
 
 
 def _read_image(el: ET.Element, path: Path, ann_file: str, ctx: ReadContext) -> SourceImage:
@@ -73,7 +81,7 @@ def _read_image(el: ET.Element, path: Path, ann_file: str, ctx: ReadContext) -> 
             if not label:
                 raise ValueError("no label")
             box = element_box(shape)
-        except NotImplementedError:
+        except UnsupportedShapeError:
             ctx.issue("unsupported_shape", ann_file, shape_record, f"{shape.tag} is not a box or polygon", boxes_lost=1)
             continue
         except (ValueError, TypeError) as e:

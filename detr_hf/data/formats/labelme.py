@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from ..report import DatasetValidationError
-from .base import ReadContext, SourceData, SourceImage, SourceObject, walk_files
+from .base import ReadContext, SourceData, SourceImage, SourceObject, UnsupportedShapeError, walk_files
 from .geometry import points_bounds
 
 NAME = "labelme"
@@ -42,7 +42,7 @@ def shape_box(shape: dict) -> tuple[tuple[float, float, float, float], str]:
     kind = shape.get("shape_type") or "polygon"
     points = shape.get("points") or []
     if kind not in _BOX_SHAPES:
-        raise NotImplementedError(kind)
+        raise UnsupportedShapeError(kind)
     if kind == "circle":
         if len(points) != 2:
             raise ValueError(f"a circle needs 2 points (centre, rim), got {len(points)}")
@@ -78,7 +78,7 @@ def read_file(path: Path, ctx: ReadContext) -> SourceImage | None:
             if not label:
                 raise ValueError("no label")
             box, kind = shape_box(shape)
-        except NotImplementedError as e:
+        except UnsupportedShapeError as e:
             ctx.issue("unsupported_shape", ann_file, record, f"{e} {label!r} is not a box or polygon", boxes_lost=1)
             continue
         except (ValueError, TypeError, IndexError) as e:
