@@ -90,13 +90,8 @@ def load_data(config: TrainingConfig):
 
 
 def make_loaders(config: TrainingConfig, dataset, processor):
-    train_pipeline = (
-        None
-        if config.augmentation == "none"
-        else build_transforms(config.augmentation, config.scales, config.max_size, seed=config.seed)
-    )
-    if config.augmentation == "none":
-        train_pipeline = build_transforms("eval", config.scales, config.max_size)
+    preset = "eval" if config.augmentation == "none" else config.augmentation  # "none": resize only
+    train_pipeline = build_transforms(preset, config.scales, config.max_size, seed=config.seed)
     train_transform = SeededTransform(make_transform_fn(train_pipeline), train_pipeline, config.seed)
     collate = make_collate_fn(processor)
     train = DataLoader(
