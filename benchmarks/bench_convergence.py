@@ -8,10 +8,12 @@ training time each; COCO mAP / AP50 / AP_small on a fixed validation split are m
 
 Variants:
 - `detr_hf-detr`: this package's vanilla DETR (softmax + "no object", auxiliary losses);
-- `hf-detr`: transformers' DetrForObjectDetection, the same size, auxiliary loss on;
-- `hf-rtdetr`: transformers' RTDetrForObjectDetection (ResNet 32-256 channels, 3 levels, 50 queries, 50 denoising);
+- `hf-detr`: transformers' DetrForObjectDetection, the same size, auxiliary loss on (its BatchNorm is always frozen);
+- `hf-rtdetr`: transformers' RTDetrForObjectDetection (ResNet 32-256 channels, 3 levels, 50 queries, 50 denoising,
+  `freeze_backbone_batch_norms=False` like the others: a backbone trained from scratch needs its BatchNorm);
 - `dino_like`: `DeformableDetrConfig.dino_like()` sized near RT-DETR's parameter count;
-- `deformable-softmax`: the same deformable model without focal loss (an ablation; not run by default).
+- ablations, not run by default: `dino_like-no-denoising`; `deformable` (box refinement and focal loss only: no
+  two-stage, anchors or denoising); `deformable-softmax` (the same without focal loss).
 
     python benchmarks/bench_convergence.py --minutes 10 --eval-every 2 [--variants dino_like hf-rtdetr] [--out DIR]
 
@@ -32,7 +34,17 @@ from pathlib import Path
 import torch
 
 VARIANTS = ("detr_hf-detr", "hf-detr", "hf-rtdetr", "dino_like")
-OPTIONAL_VARIANTS = ("deformable-softmax",)
+# every backbone here trains from scratch: all stages, BatchNorm with batch statistics (transformers' DETR can't)
+FROM_SCRATCH = dict(frozen_backbone_stages=-1, freeze_backbone_batch_norms=False)
+# the preset with parts of DINO taken away: what each part is worth
+PLAIN_DEFORMABLE = dict(two_stage=False, anchor_queries=False, mixed_query_selection=False, look_forward_twice=False)
+ABLATIONS = {
+    "dino_like": {},
+    "dino_like-no-denoising": dict(num_denoising=0),
+    "deformable": dict(**PLAIN_DEFORMABLE, num_denoising=0),
+    "deformable-softmax": dict(**PLAIN_DEFORMABLE, num_denoising=0, use_focal_loss=False),
+}
+OPTIONAL_VARIANTS = tuple(name for name in ABLATIONS if name not in VARIANTS)
 IMAGE_SIZE = 128
 RESNET = dict(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1], layer_type="basic")
 DETR_SIZE = dict(
@@ -53,7 +65,7 @@ def build(variant: str, id2label: dict[int, str]) -> tuple[torch.nn.Module, bool
     torch.manual_seed(0)
     if variant == "detr_hf-detr":
         backbone = {"model_type": "resnet", **RESNET, "out_features": ["stage4"]}
-        config = DetrConfig(backbone_config=backbone, frozen_backbone_stages=-1, **DETR_SIZE, **labels)
+        config = DetrConfig(backbone_config=backbone, **FROM_SCRATCH, **DETR_SIZE, **labels)
         return DetrForObjectDetection(config), False
     if variant == "hf-detr":
         backbone = transformers.ResNetConfig(**RESNET, out_features=["stage4"])
@@ -72,13 +84,14 @@ def build(variant: str, id2label: dict[int, str]) -> tuple[torch.nn.Module, bool
             decoder_layers=3,
             num_queries=50,
             num_denoising=50,
+            freeze_backbone_batch_norms=False,
             **labels,
         )
         return transformers.RTDetrForObjectDetection(config), True
     backbone = {"model_type": "resnet", **RESNET, "out_features": ["stage2", "stage3", "stage4"]}
-    focal = variant == "dino_like"
-    config = DeformableDetrConfig.dino_like(backbone_config=backbone, use_focal_loss=focal, **DEFORMABLE_SIZE, **labels)
-    return DeformableDetrForObjectDetection(config), focal
+    options = {**FROM_SCRATCH, **ABLATIONS[variant]}
+    config = DeformableDetrConfig.dino_like(backbone_config=backbone, **DEFORMABLE_SIZE, **options, **labels)
+    return DeformableDetrForObjectDetection(config), config.use_focal_loss
 
 
 def _preload(dataset, processor) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
@@ -112,9 +125,9 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     budget, every = args.minutes * 60, args.eval_every * 60
     curve, trained, steps, next_eval = [], 0.0, 0, every
 
-    def evaluate() -> None:
+    def evaluate(scheduled: float) -> None:
         metrics, _ = evaluate_detector(model, processor, val_loader, data["validation"], show_progress=False)
-        point = {"seconds": trained, "steps": steps, "images": steps * args.batch_size}
+        point = {"scheduled": scheduled, "seconds": trained, "steps": steps, "images": steps * args.batch_size}
         point.update({k: float(metrics[k]) for k in ("map", "map_50", "map_small")})
         curve.append(point)
         print(f"{variant}: {trained / 60:5.1f} min, {steps} steps, mAP {point['map']:.3f} AP50 {point['map_50']:.3f}")
@@ -131,11 +144,11 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
         trained += time.perf_counter() - start
         steps += 1
         if trained >= next_eval:
-            evaluate()
+            evaluate(min(next_eval, budget))
             model.train()
             next_eval += every
     if not curve or curve[-1]["steps"] != steps:
-        evaluate()
+        evaluate(budget)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "variant": variant,
@@ -147,12 +160,13 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
 
 
 def _at(curve: list[dict], seconds: float, key: str) -> float:
-    reached = [p[key] for p in curve if p["seconds"] <= seconds + 1]
+    """`key` at the evaluation scheduled for `seconds` of training (or the last one before)."""
+    reached = [p[key] for p in curve if p["scheduled"] <= seconds]
     return reached[-1] if reached else float("nan")
 
 
 def _time_to(curve: list[dict], key: str, target: float) -> str:
-    hit = [p["seconds"] for p in curve if p[key] >= target]
+    hit = [p["scheduled"] for p in curve if p[key] >= target]
     return f"{hit[0] / 60:.1f}" if hit else "-"
 
 

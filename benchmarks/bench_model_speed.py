@@ -2,7 +2,7 @@
 
 Both models hold the same random weights (no download). Times are medians of repeats interleaved across the cases in
 one process (so a busy machine slows every case alike); each case's peak resident memory comes from its own subprocess.
-Cases: inference at batch 1, 800x1066 (fp32, and detr_hf under bf16 autocast); a training
+Cases: inference at batch 1, 800x1066 (fp32, and detr_hf under bf16 autocast); the fp32 backbone alone; a training
 step (forward, backward, AdamW) at batch 2 with 5 boxes an image, backbone stages 2-4 trainable in both.
 
     python benchmarks/bench_model_speed.py [--threads 2] [--repeats 5]
@@ -79,6 +79,14 @@ def make_step(model, mode: str):
         return step
     model.eval()
     pixels, mask, _ = inputs(1)
+    if mode == "backbone":  # the ResNet-50 alone, fp32: the floor under any fp32 inference time
+        backbone = model.model.backbone
+
+        def step():
+            with torch.no_grad():
+                return backbone(pixels, mask)
+
+        return step
 
     def step():
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
@@ -135,6 +143,8 @@ def main() -> None:
         ("transformers", "fp32"),
         ("detr_hf", "fp32"),
         ("detr_hf", "bf16"),
+        ("transformers", "backbone"),
+        ("detr_hf", "backbone"),
         ("transformers", "train"),
         ("detr_hf", "train"),
     ]
@@ -157,11 +167,10 @@ def main() -> None:
     results = {}
     for impl, mode in cases:
         print(f"peak memory of {impl} {mode} ...", file=sys.stderr, flush=True)
-        results[impl, mode] = {
-            "seconds": statistics.median(times[impl, mode]),
-            "peak_mib": peak_memory_in_subprocess(impl, mode, args.threads),
-        }
-        if mode != "train":
+        results[impl, mode] = {"seconds": statistics.median(times[impl, mode])}
+        if mode != "backbone":
+            results[impl, mode]["peak_mib"] = peak_memory_in_subprocess(impl, mode, args.threads)
+        if mode in ("fp32", "bf16"):
             out = outputs[impl, mode]
             results[impl, mode].update(logits=out.logits[0].tolist(), boxes=out.pred_boxes[0].tolist())
     print(
@@ -179,6 +188,12 @@ def main() -> None:
         print(
             f"| {title} | {ref['seconds']:.3f} | {ours['seconds']:.3f} | {ref['seconds'] / ours['seconds']:.2f}x | {ref['peak_mib']:.0f} | {ours['peak_mib']:.0f} |"
         )
+    backbone = results["detr_hf", "backbone"]["seconds"]
+    print(
+        f"\nfp32 backbone (ResNet-50 alone): transformers {results['transformers', 'backbone']['seconds']:.3f} s, "
+        f"detr_hf {backbone:.3f} s; with the transformer for free, fp32 inference could be at most "
+        f"{results['transformers', 'fp32']['seconds'] / backbone:.2f}x faster than transformers"
+    )
     same, score_shift, box_shift = compare_detections(results["detr_hf", "fp32"], results["detr_hf", "bf16"])
     print(
         f"\nbf16 vs fp32 (detr_hf, every query): same class {same:.0%}, largest score change {score_shift:.4f}, "

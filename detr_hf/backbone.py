@@ -8,7 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoBackbone
-from transformers.models.resnet.modeling_resnet import ResNetConvLayer, ResNetShortCut
+from transformers.models.resnet.modeling_resnet import (
+    ResNetBasicLayer,
+    ResNetBottleNeckLayer,
+    ResNetConvLayer,
+    ResNetShortCut,
+)
 
 from .configuration_detr import DetrConfig
 
@@ -41,25 +46,102 @@ class FrozenBatchNorm2d(nn.Module):
 
 def _folded_conv(conv: nn.Conv2d, norm: FrozenBatchNorm2d, x: Tensor) -> Tensor:
     """conv followed by a frozen BatchNorm, as one convolution: saves a full pass over every feature map."""
-    scale, shift = norm.scale_and_shift()
-    weight = conv.weight * scale[:, None, None, None]
-    bias = shift if conv.bias is None else shift + conv.bias * scale
+    weight, bias = _folded_weights(conv, norm)
     return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _folded_weights(conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> tuple[Tensor, Tensor]:
+    scale, shift = norm.scale_and_shift()
+    bias = shift if conv.bias is None else shift + conv.bias * scale
+    return conv.weight * scale[:, None, None, None], bias
+
+
+def _fused_inference_dtype(x: Tensor, conv: nn.Conv2d) -> torch.dtype | None:
+    """The dtype for oneDNN's fused convolution (bias, residual sum and ReLU in one pass over the output) when it
+    applies: CPU inference (no autograd) in fp32 or bf16 (also under autocast); None otherwise."""
+    if x.device.type != "cpu" or torch.is_grad_enabled() or not torch.backends.mkldnn.is_available():
+        return None
+    if not isinstance(conv.padding, tuple) or conv.padding_mode != "zeros":
+        return None
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    if dtype == torch.float32 or (dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return dtype
+    return None
+
+
+def _conv_bn_act(layer: nn.Module, x: Tensor, activation: nn.Module, residual: Tensor | None = None) -> Tensor:
+    """`activation(conv(x) with its frozen BatchNorm folded in + residual)` for a transformers ResNet conv layer or
+    shortcut. In CPU inference, one fused oneDNN call (under bf16 autocast, on bf16 folded weights cached until the
+    weights change)."""
+    conv, norm = layer.convolution, layer.normalization
+    relu = isinstance(activation, nn.ReLU)
+    dtype = _fused_inference_dtype(x, conv) if relu or isinstance(activation, nn.Identity) else None
+    if dtype is None:
+        out = _folded_conv(conv, norm, x)
+        if residual is not None:
+            out += residual
+        return activation(out)
+    if dtype == conv.weight.dtype:  # folded on the fly: a cached copy would raise peak memory by the whole backbone
+        weight, bias = _folded_weights(conv, norm)
+        cache = (None, weight, bias)
+    else:  # the folded low-precision copy (half the size) is cached until the weights change
+        key = (dtype, *((t.data_ptr(), t._version) for t in (conv.weight, *norm.buffers())))
+        cache = getattr(layer, "_inference_weights", None)
+        if cache is None or cache[0] != key:
+            weight, bias = _folded_weights(conv, norm)
+            cache = layer._inference_weights = (key, weight.to(dtype).contiguous(), bias.to(dtype))
+    options = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    if residual is None:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x.to(dtype), cache[1], cache[2], *options, "relu" if relu else "none", [], ""
+        )
+    return torch.ops.mkldnn._convolution_pointwise.binary(
+        x.to(dtype), residual.to(dtype), cache[1], cache[2], *options, "add", None, "relu" if relu else None, [], ""
+    )
 
 
 class _FoldedResNetConvLayer(ResNetConvLayer):
     def forward(self, hidden_states: Tensor) -> Tensor:
-        return self.activation(_folded_conv(self.convolution, self.normalization, hidden_states))
+        return _conv_bn_act(self, hidden_states, self.activation)
 
 
 class _FoldedResNetShortCut(ResNetShortCut):
     def forward(self, hidden_states: Tensor) -> Tensor:
-        return _folded_conv(self.convolution, self.normalization, hidden_states)
+        return _conv_bn_act(self, hidden_states, _IDENTITY)
+
+
+_IDENTITY = nn.Identity()
+
+
+def _residual_block_forward(self: nn.Module, hidden_state: Tensor) -> Tensor:
+    """A ResNet block whose last convolution takes the residual sum and the block's ReLU (fused in inference)."""
+    residual = self.shortcut(hidden_state)
+    *layers, last = self.layer
+    for layer in layers:
+        hidden_state = layer(hidden_state)
+    return _conv_bn_act(last, hidden_state, self.activation, residual)
+
+
+class _FoldedResNetBasicLayer(ResNetBasicLayer):
+    forward = _residual_block_forward
+
+
+class _FoldedResNetBottleNeckLayer(ResNetBottleNeckLayer):
+    forward = _residual_block_forward
+
+
+_FOLDED_CLASSES = {
+    ResNetConvLayer: _FoldedResNetConvLayer,
+    ResNetShortCut: _FoldedResNetShortCut,
+    ResNetBasicLayer: _FoldedResNetBasicLayer,
+    ResNetBottleNeckLayer: _FoldedResNetBottleNeckLayer,
+}
 
 
 def freeze_batch_norm(module: nn.Module) -> None:
     """Replaces every BatchNorm2d below `module` by a FrozenBatchNorm2d with the same statistics, and folds it into
-    the preceding convolution where the layer is a transformers ResNet conv layer (parameter names are unchanged)."""
+    the preceding convolution where the layer is a transformers ResNet conv layer; ResNet blocks fuse their residual
+    sum and ReLU into their last convolution in inference (parameter names are unchanged)."""
     for name, child in module.named_children():
         if isinstance(child, nn.BatchNorm2d):
             frozen = FrozenBatchNorm2d(child.num_features, child.eps)
@@ -71,10 +153,8 @@ def freeze_batch_norm(module: nn.Module) -> None:
             setattr(module, name, frozen)
         else:
             freeze_batch_norm(child)
-    if type(module) is ResNetConvLayer:
-        module.__class__ = _FoldedResNetConvLayer
-    elif type(module) is ResNetShortCut:
-        module.__class__ = _FoldedResNetShortCut
+    if type(module) in _FOLDED_CLASSES:
+        module.__class__ = _FOLDED_CLASSES[type(module)]
 
 
 def _relu_in_place(module: nn.Module) -> None:
@@ -115,11 +195,18 @@ class DetrConvEncoder(nn.Module):
                 self._inflate_stem(config.num_channels)
         else:
             self.model = AutoBackbone.from_config(backbone_config)
-        with torch.no_grad():
-            freeze_batch_norm(self.model)
+        if config.freeze_backbone_batch_norms:
+            with torch.no_grad():
+                freeze_batch_norm(self.model)
         _relu_in_place(self.model)
         self.channels = self.model.channels
         self.freeze_stages(config.frozen_backbone_stages)
+
+    def train(self, mode: bool = True) -> DetrConvEncoder:
+        if mode:  # the folded weights cached for inference would only hold memory while training changes the weights
+            for module in self.modules():
+                module.__dict__.pop("_inference_weights", None)
+        return super().train(mode)
 
     def _inflate_stem(self, num_channels: int) -> None:
         conv = next(m for m in self.model.modules() if isinstance(m, nn.Conv2d))

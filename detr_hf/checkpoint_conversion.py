@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 _STEM = "backbone.model.embedder.embedder.convolution.weight"
 _CLASS_HEADS = ("class_labels_classifier.", "class_embed.")  # DETR's, Deformable DETR's
+_LABEL_EMBEDDINGS = ("model.denoising_label_embed.",)  # a row per class too: renewed with the class head
 # Deformable DETR's decoder holds the detection heads too, tied to the top-level ones; transformers 5 writes only one
 # of the two copies (the decoder's box heads), and only the first class head (it ties the others to it).
 _TIED_DECODER_HEADS = re.compile(r"^model\.decoder\.((?:bbox|class)_embed\.)")
@@ -137,6 +138,7 @@ def _adapt_to_config(state_dict: dict[str, torch.Tensor], config: DetrConfig) ->
             config.num_labels,
             ", ".join(list(config.id2label.values())[:8]) + (", ..." if config.num_labels > 8 else ""),
         )
+        head += [k for k in state_dict if k.startswith(_LABEL_EMBEDDINGS)]
         for key in head:
             del state_dict[key]
         return head
@@ -149,9 +151,18 @@ def _only_about(keys: set[str]):
     def drop(record: logging.LogRecord) -> bool:
         message = record.getMessage()
         listed = {line.split("|")[0].strip() for line in message.splitlines() if "|" in line} - {"Key", ""}
-        return "LOAD REPORT" in message and listed <= keys
+        return "LOAD REPORT" in message and {k for name in listed for k in _expand_braces(name)} <= keys
 
     return drop
+
+
+def _expand_braces(name: str) -> list[str]:
+    """The keys a load report's `class_embed.{0, 1}.bias` stands for."""
+    match = re.search(r"\{([^}]*)\}", name)
+    if match is None:
+        return [name]
+    parts = [p.strip() for p in match.group(1).split(",")]
+    return [k for p in parts for k in _expand_braces(name[: match.start()] + p + name[match.end() :])]
 
 
 def load_pretrained(parent_from_pretrained, cls, pretrained_model_name_or_path, *model_args, **kwargs):

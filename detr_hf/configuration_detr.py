@@ -47,7 +47,10 @@ class DetrConfig(PretrainedConfig):
         backbone: a Hub id or folder of a transformers backbone to load when `use_pretrained_backbone` is set.
         use_pretrained_backbone: load `backbone`'s ImageNet weights instead of a random init.
         frozen_backbone_stages: backbone stages kept frozen after the (always frozen) stem; DETR trains stages 2-4.
-            -1 trains everything, the stem too. BatchNorm statistics are always frozen.
+            -1 trains everything, the stem too.
+        freeze_backbone_batch_norms: BatchNorm with fixed statistics and affine parameters, folded into the
+            convolutions (DETR's choice for a pretrained backbone and small batches). False keeps ordinary BatchNorm,
+            trained with batch statistics: what a backbone trained from scratch needs (RT-DETR's option of that name).
         num_channels: image channels; pretrained first-conv weights are inflated when it is not 3.
         num_queries: object queries, the most objects the model can return for one image.
         d_model, encoder_layers, decoder_layers, encoder_ffn_dim, decoder_ffn_dim, encoder_attention_heads,
@@ -76,6 +79,7 @@ class DetrConfig(PretrainedConfig):
     backbone: str | None = None
     use_pretrained_backbone: bool = False
     frozen_backbone_stages: int = 1
+    freeze_backbone_batch_norms: bool = True
     num_channels: int = 3
     num_queries: int = 100
     d_model: int = 256

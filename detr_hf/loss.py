@@ -14,7 +14,8 @@ from .configuration_detr import DetrConfig
 
 Targets = list[dict[str, Tensor]]
 Matching = list[tuple[Tensor, Tensor]]
-_LAYER_SUFFIX = re.compile(r"_\d+$")  # "loss_ce_3": decoder layer 3's auxiliary term
+# "loss_ce_3": decoder layer 3's auxiliary term; "_enc": two-stage proposals; "_dn": denoising queries
+_TERM_SUFFIX = re.compile(r"(_enc|_dn)?(_\d+)?$")
 
 
 def focal_class_cost(logits: Tensor, alpha: float, gamma: float) -> Tensor:
@@ -138,14 +139,40 @@ class SetCriterion(nn.Module):
             for i, aux in enumerate(auxiliary_outputs or []):
                 layer = self.single_layer_losses(aux["logits"].float(), aux["pred_boxes"].float(), targets, num_boxes)
                 loss_dict.update({f"{k}_{i}": v for k, v in layer.items()})
-        terms = ((_LAYER_SUFFIX.sub("", key), value) for key, value in loss_dict.items())
-        loss = sum(self.weights[name] * value for name, value in terms if name in self.weights)
-        return loss, loss_dict
+        return self.weighted_sum(loss_dict), loss_dict
+
+    def extra_losses(
+        self,
+        layers: list[tuple[Tensor, Tensor]],
+        targets: Targets,
+        suffix: str,
+        matching: Matching | None = None,
+        groups: int = 1,
+    ) -> dict[str, Tensor]:
+        """Terms for predictions beside the decoder's matching queries (two-stage proposals `"_enc"`, denoising
+        queries `"_dn"`), named `loss_ce{suffix}` for the last of `layers` (logits, boxes) and
+        `loss_ce{suffix}_{i}` for the others. `groups`: copies of every target (the normalization grows with it)."""
+        device = layers[-1][0].device
+        loss_dict = {}
+        with torch.autocast(device_type=device.type, enabled=False):
+            num_boxes = self._num_boxes(targets, device) * groups
+            for i, (logits, boxes) in enumerate(layers):
+                terms = self.single_layer_losses(logits.float(), boxes.float(), targets, num_boxes, matching)
+                name = suffix if i == len(layers) - 1 else f"{suffix}_{i}"
+                loss_dict.update({f"{k}{name}": v for k, v in terms.items()})
+        return loss_dict
+
+    def weighted_sum(self, loss_dict: dict[str, Tensor]) -> Tensor:
+        """The training loss: every term of `loss_dict` (any layer, proposals, denoising) times its weight."""
+        terms = ((_TERM_SUFFIX.sub("", key), value) for key, value in loss_dict.items())
+        return sum(self.weights[name] * value for name, value in terms if name in self.weights)
 
     def single_layer_losses(
-        self, logits: Tensor, pred_boxes: Tensor, targets: Targets, num_boxes: Tensor
+        self, logits: Tensor, pred_boxes: Tensor, targets: Targets, num_boxes: Tensor, matching: Matching | None = None
     ) -> dict[str, Tensor]:
-        matching = self.matcher(logits, pred_boxes, targets)
+        """One layer's terms; `matching` given (denoising queries) replaces the Hungarian matching."""
+        if matching is None:
+            matching = self.matcher(logits, pred_boxes, targets)
         index = _matched_index(matching)
         matched_labels = torch.cat([t["class_labels"][cols] for t, (_, cols) in zip(targets, matching)])
         losses = {"loss_ce": self._class_loss(logits, index, matched_labels, num_boxes)}

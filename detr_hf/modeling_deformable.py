@@ -19,6 +19,7 @@ from transformers import initialization as init
 from .attention import MultiScaleDeformableAttention
 from .backbone import DetrConvEncoder
 from .configuration_deformable import DeformableDetrConfig
+from .denoising import DenoisingQueries, make_denoising_queries
 from .loss import SetCriterion
 from .modeling_detr import (
     DetrAttention,
@@ -73,10 +74,17 @@ class DeformableDetrDecoderLayer(nn.Module):
         self.dropout = config.dropout
 
     def forward(
-        self, x: Tensor, query_pos: Tensor, reference_points: Tensor, memory: Tensor, shapes: list, mask: Tensor | None
+        self,
+        x: Tensor,
+        query_pos: Tensor,
+        reference_points: Tensor,
+        memory: Tensor,
+        shapes: list,
+        mask: Tensor | None,
+        attention_mask: Tensor | None = None,
     ) -> Tensor:
         query = x + query_pos
-        attended, _ = self.self_attn(query, query, x)
+        attended, _ = self.self_attn(query, query, x, attention_mask=attention_mask)
         x = self.self_attn_layer_norm(x + F.dropout(attended, self.dropout, self.training))
         attended = self.encoder_attn(x + query_pos, reference_points, memory, shapes, mask)
         x = self.encoder_attn_layer_norm(x + F.dropout(attended, self.dropout, self.training))
@@ -99,28 +107,41 @@ class DeformableDetrDecoder(nn.Module):
     def __init__(self, config: DeformableDetrConfig):
         super().__init__()
         self.layers = nn.ModuleList(DeformableDetrDecoderLayer(config) for _ in range(config.decoder_layers))
+        d = config.d_model
+        # anchor queries: position embeddings from the current boxes, anew in every layer (DAB-DETR)
+        self.ref_point_head = DetrMLPPredictionHead(2 * d, d, d, num_layers=2) if config.anchor_queries else None
+        self.look_forward_twice = config.look_forward_twice
 
     def forward(
         self,
         x: Tensor,
-        query_pos: Tensor,
+        query_pos: Tensor | None,
         reference: Tensor,
         memory: Tensor,
         shapes: list,
         mask: Tensor | None,
         valid_ratios: Tensor,
         bbox_embed: nn.ModuleList | None = None,
+        attention_mask: Tensor | None = None,
     ) -> tuple[list[Tensor], list[Tensor]]:
-        """Each layer's output and the reference (points `(..., 2)` or boxes `(..., 4)`) it was given; with
-        `bbox_embed`, layer i+1's reference is layer i's refined box, detached."""
+        """Each layer's output and the reference (points `(..., 2)` or boxes `(..., 4)`) its prediction refines;
+        with `bbox_embed`, layer i+1 samples around layer i's refined box, detached (and its prediction refines the
+        same box not detached with `look_forward_twice`). `query_pos` None: from the boxes (`ref_point_head`)."""
         hidden_states, references = [], []
+        head_reference = reference
         for i, layer in enumerate(self.layers):
             scale = valid_ratios if reference.shape[-1] == 2 else torch.cat([valid_ratios, valid_ratios], -1)
-            references.append(reference)
-            x = layer(x, query_pos, reference[:, :, None] * scale[:, None], memory, shapes, mask)
+            layer_reference = reference[:, :, None] * scale[:, None]
+            if self.ref_point_head is not None:
+                embedding = box_position_embedding(layer_reference[:, :, 0], x.shape[-1] // 2)
+                query_pos = self.ref_point_head(embedding)
+            references.append(head_reference)
+            x = layer(x, query_pos, layer_reference, memory, shapes, mask, attention_mask)
             hidden_states.append(x)
             if bbox_embed is not None:
-                reference = refine_boxes(bbox_embed[i](x), reference).detach()
+                refined = refine_boxes(bbox_embed[i](x), reference)
+                reference = refined.detach()
+                head_reference = refined if self.look_forward_twice else reference
         return hidden_states, references
 
 
@@ -155,12 +176,12 @@ def encoder_proposals(memory: Tensor, valid: Tensor, shapes: list[tuple[int, int
     return memory.masked_fill(~keep, 0.0), logits
 
 
-def box_position_embedding(box_logits: Tensor, num_features: int, temperature: float = 10000.0) -> Tensor:
-    """Sine embedding `(..., 4 * num_features)` of boxes given in logit space (each of cx, cy, w, h in turn)."""
-    exponent = 2 * torch.div(torch.arange(num_features, device=box_logits.device), 2, rounding_mode="floor")
+def box_position_embedding(boxes: Tensor, num_features: int, temperature: float = 10000.0) -> Tensor:
+    """Sine embedding `(..., 4 * num_features)` of boxes (cx, cy, w, h) in [0, 1], each coordinate in turn."""
+    exponent = 2 * torch.div(torch.arange(num_features, device=boxes.device), 2, rounding_mode="floor")
     frequencies = temperature ** (exponent / num_features)
-    angles = box_logits.sigmoid().float()[..., None] * (2 * math.pi) / frequencies
-    return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), -1).flatten(-3).to(box_logits.dtype)
+    angles = boxes.float()[..., None] * (2 * math.pi) / frequencies
+    return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), -1).flatten(-3).to(boxes.dtype)
 
 
 def _valid_ratios(masks: list[Tensor]) -> Tensor:
@@ -201,6 +222,10 @@ class DeformableDetrPreTrainedModel(DetrPreTrainedModel):
             module.reset_offsets()
         elif isinstance(module, DeformableDetrModel):
             init.normal_(module.level_embed)
+            if module.anchor_embed is not None:  # DAB-DETR's anchors: centres anywhere, sizes 0.05 to 0.5
+                anchors = torch.rand(module.anchor_embed.weight.shape)
+                anchors[:, 2:] = anchors[:, 2:] * 0.45 + 0.05
+                init.copy_(module.anchor_embed.weight, inverse_sigmoid(anchors))
         elif any(module is head for head in getattr(self, "class_embed", ())):
             init.xavier_uniform_(module.weight)
             init.constant_(module.bias, -math.log((1 - 0.01) / 0.01))  # focal loss starts every class at 0.01
@@ -217,8 +242,6 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
 
     def __init__(self, config: DeformableDetrConfig):
         super().__init__(config)
-        if config.two_stage and not config.with_box_refine:
-            raise ValueError("two_stage=True needs with_box_refine=True in detr_hf's Deformable DETR.")
         d, levels = config.d_model, config.num_feature_levels
         self.backbone = DetrConvEncoder(config)
         channels = list(self.backbone.channels)[-config.num_backbone_levels :]
@@ -232,14 +255,23 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
         self.level_embed = nn.Parameter(torch.empty(levels, d))
         self.encoder = DeformableDetrEncoder(config)
         self.decoder = DeformableDetrDecoder(config)
+        num_queries = config.two_stage_num_proposals if config.two_stage else config.num_queries
+        self.anchor_embed = self.content_embed = self.denoising_label_embed = None
         if config.two_stage:  # queries are the encoder's top-scoring proposals
             self.enc_output = nn.Linear(d, d)
             self.enc_output_norm = nn.LayerNorm(d)
-            self.pos_trans = nn.Linear(2 * d, 2 * d)
-            self.pos_trans_norm = nn.LayerNorm(2 * d)
+            if not config.anchor_queries:
+                self.pos_trans = nn.Linear(2 * d, 2 * d)
+                self.pos_trans_norm = nn.LayerNorm(2 * d)
+        elif config.anchor_queries:
+            self.anchor_embed = nn.Embedding(num_queries, 4)  # learned boxes, in logit space
         else:  # learned queries: (position, content) halves, the position giving a reference point
-            self.query_position_embeddings = nn.Embedding(config.num_queries, 2 * d)
+            self.query_position_embeddings = nn.Embedding(num_queries, 2 * d)
             self.reference_points = nn.Linear(d, 2)
+        if config.anchor_queries and (config.mixed_query_selection or not config.two_stage):
+            self.content_embed = nn.Embedding(num_queries, d)
+        if config.num_denoising:
+            self.denoising_label_embed = nn.Embedding(config.num_labels + 1, d)  # + padding
         self.post_init()
 
     def forward(
@@ -248,9 +280,12 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
         pixel_mask: Tensor | None = None,
         bbox_embed: nn.ModuleList | None = None,
         class_embed: nn.ModuleList | None = None,
-    ) -> tuple[Tensor, list[Tensor], list[Tensor], tuple[Tensor, Tensor] | None]:
-        """Encoder memory `(batch, tokens, d_model)`, each decoder layer's hidden states and reference, and with
-        two-stage the selected proposals' class logits and boxes (from the last `class_embed` and `bbox_embed`)."""
+        labels: list[dict[str, Tensor]] | None = None,
+    ) -> tuple[Tensor, list[Tensor], list[Tensor], tuple[Tensor, Tensor] | None, DenoisingQueries | None]:
+        """Encoder memory `(batch, tokens, d_model)`, each decoder layer's hidden states and reference, with
+        two-stage the selected proposals' class logits and boxes (from the last `class_embed` and `bbox_embed`),
+        and in training with `labels` and `num_denoising` the denoising queries, which come first in the decoder's
+        outputs."""
         batch, _, height, width = pixel_values.shape
         if pixel_mask is None:
             pixel_mask = torch.ones(batch, height, width, dtype=torch.long, device=pixel_values.device)
@@ -276,6 +311,10 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
         memory = self.encoder(memory, pos, shapes, value_mask, valid_ratios)
         proposals = None
         if self.config.two_stage:
+            if class_embed is None or bbox_embed is None:
+                raise ValueError(
+                    "two_stage=True: the proposals are scored by DeformableDetrForObjectDetection's heads."
+                )
             features, anchors = encoder_proposals(memory, flat_mask, shapes)
             features = self.enc_output_norm(self.enc_output(features))
             scores = class_embed[-1](features)
@@ -283,19 +322,39 @@ class DeformableDetrModel(DeformableDetrPreTrainedModel):
             top = scores[..., 0].topk(self.config.two_stage_num_proposals, dim=1).indices
             top_logits = box_logits.gather(1, top[..., None].expand(-1, -1, 4))
             proposals = (scores.gather(1, top[..., None].expand(-1, -1, scores.shape[-1])), top_logits.sigmoid())
-            top_logits = top_logits.detach()
-            reference = top_logits.sigmoid()
-            embedding = self.pos_trans_norm(
-                self.pos_trans(box_position_embedding(top_logits, self.config.d_model // 2))
-            )
-            query_pos, target = embedding.chunk(2, dim=-1)
+            reference = top_logits.detach().sigmoid()
+            query_pos = None
+            if self.content_embed is not None:  # mixed query selection
+                target = self.content_embed.weight[None].expand(batch, -1, -1)
+            elif self.config.anchor_queries:
+                target = features.gather(1, top[..., None].expand(-1, -1, features.shape[-1])).detach()
+            else:
+                embedding = self.pos_trans(box_position_embedding(reference, self.config.d_model // 2))
+                query_pos, target = self.pos_trans_norm(embedding).chunk(2, dim=-1)
+        elif self.config.anchor_queries:
+            target = self.content_embed.weight[None].expand(batch, -1, -1)
+            reference, query_pos = self.anchor_embed.weight.sigmoid()[None].expand(batch, -1, -1), None
         else:
             query_pos, target = self.query_position_embeddings.weight[None].expand(batch, -1, -1).chunk(2, dim=-1)
             reference = self.reference_points(query_pos).sigmoid()
+        denoising = attention_mask = None
+        if self.training and labels is not None and self.denoising_label_embed is not None:
+            denoising = make_denoising_queries(
+                labels,
+                self.denoising_label_embed,
+                self.config.num_denoising,
+                target.shape[1],
+                self.config.label_noise_ratio,
+                self.config.box_noise_scale,
+            )
+        if denoising is not None:
+            target = torch.cat([denoising.content.to(target.dtype), target], 1)
+            reference = torch.cat([denoising.boxes.to(reference.dtype), reference], 1)
+            attention_mask = denoising.attention_mask
         hidden_states, references = self.decoder(
-            target, query_pos, reference, memory, shapes, value_mask, valid_ratios, bbox_embed
+            target, query_pos, reference, memory, shapes, value_mask, valid_ratios, bbox_embed, attention_mask
         )
-        return memory, hidden_states, references, proposals
+        return memory, hidden_states, references, proposals, denoising
 
 
 class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
@@ -324,27 +383,29 @@ class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
         **kwargs,
     ) -> DetrObjectDetectionOutput | tuple:
         refine = self.bbox_embed if self.config.with_box_refine else None
-        memory, hidden_states, references, proposals = self.model(
-            pixel_values, pixel_mask, bbox_embed=refine, class_embed=self.class_embed
+        memory, hidden_states, references, proposals, denoising = self.model(
+            pixel_values, pixel_mask, bbox_embed=refine, class_embed=self.class_embed, labels=labels
         )
         logits, boxes = [], []
         for i, (x, reference) in enumerate(zip(hidden_states, references)):
             logits.append(self.class_embed[self._head(i)](x))
             boxes.append(refine_boxes(self.bbox_embed[self._head(i)](x), reference))
+        num_denoising = denoising.num_queries if denoising is not None else 0
+        denoising_outputs = [(a[:, :num_denoising], b[:, :num_denoising]) for a, b in zip(logits, boxes)]
+        logits, boxes = [a[:, num_denoising:] for a in logits], [b[:, num_denoising:] for b in boxes]
         loss = loss_dict = auxiliary_outputs = None
         if labels is not None:
             if self.config.auxiliary_loss:
                 auxiliary_outputs = [{"logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
-            loss, loss_dict = self.criterion(logits[-1], boxes[-1], labels, auxiliary_outputs)
+            _, loss_dict = self.criterion(logits[-1], boxes[-1], labels, auxiliary_outputs)
             if proposals is not None:  # the encoder's proposals learn class-agnostic objectness and boxes
                 objects = [{**t, "class_labels": torch.zeros_like(t["class_labels"])} for t in labels]
-                num_boxes = self.criterion._num_boxes(objects, loss.device)
-                with torch.autocast(device_type=loss.device.type, enabled=False):
-                    terms = self.criterion.single_layer_losses(*(p.float() for p in proposals), objects, num_boxes)
-                loss = loss + sum(
-                    self.criterion.weights[k] * v for k, v in terms.items() if k in self.criterion.weights
-                )
-                loss_dict.update({f"{k}_enc": v for k, v in terms.items()})
+                loss_dict.update(self.criterion.extra_losses([proposals], objects, "_enc"))
+            if denoising is not None:  # the known assignment: each positive copy to its own object
+                layers = denoising_outputs if self.config.auxiliary_loss else denoising_outputs[-1:]
+                matching = denoising.matching(labels)
+                loss_dict.update(self.criterion.extra_losses(layers, labels, "_dn", matching, denoising.groups))
+            loss = self.criterion.weighted_sum(loss_dict)
         output = DetrObjectDetectionOutput(
             loss=loss,
             loss_dict=loss_dict,

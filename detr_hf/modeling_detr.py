@@ -110,9 +110,16 @@ class DetrAttention(nn.Module):
         self.o_proj = nn.Linear(d_model, d_model)
 
     def forward(
-        self, query: Tensor, key: Tensor, value: Tensor, key_mask: Tensor | None = None, need_weights: bool = False
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_mask: Tensor | None = None,
+        need_weights: bool = False,
+        attention_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """`key_mask`: `(batch, key_len)` bool, True for keys to attend to; None attends everywhere."""
+        """`key_mask`: `(batch, key_len)` bool, True for keys to attend to; `attention_mask`: `(query_len, key_len)`
+        bool, True where a query may attend; None attends everywhere."""
         if query is key:
             weight = torch.cat((self.q_proj.weight, self.k_proj.weight))
             bias = torch.cat((self.q_proj.bias, self.k_proj.bias))
@@ -122,6 +129,8 @@ class DetrAttention(nn.Module):
         v = self.v_proj(value)
         q, k, v = (self._split_heads(t) for t in (q, k, v))
         mask = None if key_mask is None else key_mask[:, None, None, :]
+        if attention_mask is not None:
+            mask = attention_mask if mask is None else mask & attention_mask
         dropout = self.dropout if self.training else 0.0
         if need_weights:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])

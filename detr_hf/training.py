@@ -307,11 +307,16 @@ def keep_class_rows(model: nn.Module, rows: list[int], class_names: list[str]) -
     config = model.config
     old_width = config.num_classes_with_background
     keep = list(rows) + ([] if config.use_focal_loss else [old_width - 1])
-    for module in model.modules():
-        if isinstance(module, nn.Linear) and module.out_features == old_width and module.bias is not None:
+    heads = model.class_embed if hasattr(model, "class_embed") else [model.class_labels_classifier]
+    for module in heads:
+        if module.out_features == old_width:
             module.weight = nn.Parameter(module.weight.detach()[keep].clone())
             module.bias = nn.Parameter(module.bias.detach()[keep].clone())
             module.out_features = len(keep)
+    labels = getattr(getattr(model, "model", None), "denoising_label_embed", None)
+    if labels is not None:  # DINO's denoising label embedding: a row per class, then the padding row
+        labels.weight = nn.Parameter(labels.weight.detach()[[*rows, config.num_labels]].clone())
+        labels.num_embeddings = len(rows) + 1
     config.id2label = dict(enumerate(class_names))
     config.label2id = {name: i for i, name in enumerate(class_names)}
     if hasattr(model, "criterion"):

@@ -108,6 +108,51 @@ def test_backbone_uses_frozen_batch_norm_and_trains_stages_two_to_four():
     assert sum(p.requires_grad for p in backbone.parameters()) > 0
 
 
+def test_inference_fuses_the_backbone_and_follows_weight_updates():
+    torch.manual_seed(0)
+    model = DetrForObjectDetection(DetrConfig(backbone_config=ResNetConfig(**TINY_RESNET), **TINY_DETR)).eval()
+    backbone, pixels = model.model.backbone, torch.randn(1, 3, 64, 64)
+    eager = backbone(pixels, None)[-1][0].detach()  # autograd on: the unfused path
+    with torch.no_grad():
+        fused = backbone(pixels, None)[-1][0]
+    torch.testing.assert_close(fused, eager, atol=1e-5, rtol=1e-5)
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no bf16 convolutions")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = backbone(pixels, None)[-1][0]
+        assert any("_inference_weights" in vars(m) for m in backbone.modules())  # bf16 folded weights cached
+        assert low.dtype == torch.bfloat16 and (low.float() - fused).abs().max() < 0.05 * fused.abs().max()
+        backbone.model.encoder.stages[-1].layers[-1].layer[-1].convolution.weight.mul_(2)  # as an optimizer step
+        changed = backbone(pixels, None)[-1][0].float()
+    eager_changed = backbone(pixels, None)[-1][0].detach()
+    assert not torch.allclose(changed, low.float())  # the cached folded weights followed the change
+    assert (changed - eager_changed).abs().max() < 0.05 * eager_changed.abs().max()
+    model.train()  # training drops the cache: no second copy of the weights while they change
+    assert not any("_inference_weights" in vars(m) for m in backbone.modules())
+
+
+def test_backbone_batch_norm_trains_when_not_frozen(tmp_path):
+    """From scratch (RT-DETR's `freeze_backbone_batch_norms=False`): ordinary BatchNorm, statistics and affine trained."""
+    config = DetrConfig(
+        backbone_config=ResNetConfig(**TINY_RESNET),
+        freeze_backbone_batch_norms=False,
+        frozen_backbone_stages=-1,
+        **TINY_DETR,
+    )
+    model = DetrForObjectDetection(config).train()
+    norms = [m for m in model.model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and not any(isinstance(m, FrozenBatchNorm2d) for m in model.modules())
+    statistics = norms[0].running_mean.clone()
+    pixels, mask = padded_batch([(64, 64), (64, 48)])
+    model(pixels, pixel_mask=mask, labels=random_labels([2, 1])).loss.backward()
+    assert not torch.equal(statistics, norms[0].running_mean) and norms[0].weight.grad.abs().sum() > 0
+    model.eval().save_pretrained(tmp_path)
+    loaded = DetrForObjectDetection.from_pretrained(tmp_path).eval()
+    assert loaded.config.freeze_backbone_batch_norms is False
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixels, pixel_mask=mask).logits, model(pixels, pixel_mask=mask).logits)
+
+
 def test_training_step_updates_weights_and_learns_a_single_image():
     torch.manual_seed(0)
     config = DetrConfig(backbone_config=ResNetConfig(**TINY_RESNET), **{**TINY_DETR, "dropout": 0.0})
