@@ -83,20 +83,20 @@ def _conv_bn_act(layer: nn.Module, x: Tensor, activation: nn.Module, residual: T
         return activation(out)
     if dtype == conv.weight.dtype:  # folded on the fly: a cached copy would raise peak memory by the whole backbone
         weight, bias = _folded_weights(conv, norm)
-        cache = (None, weight, bias)
     else:  # the folded low-precision copy (half the size) is cached until the weights change
         key = (dtype, *((t.data_ptr(), t._version) for t in (conv.weight, *norm.buffers())))
         cache = getattr(layer, "_inference_weights", None)
         if cache is None or cache[0] != key:
             weight, bias = _folded_weights(conv, norm)
             cache = layer._inference_weights = (key, weight.to(dtype).contiguous(), bias.to(dtype))
+        _, weight, bias = cache
     options = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
     if residual is None:
         return torch.ops.mkldnn._convolution_pointwise(
-            x.to(dtype), cache[1], cache[2], *options, "relu" if relu else "none", [], ""
+            x.to(dtype), weight, bias, *options, "relu" if relu else "none", [], ""
         )
     return torch.ops.mkldnn._convolution_pointwise.binary(
-        x.to(dtype), residual.to(dtype), cache[1], cache[2], *options, "add", None, "relu" if relu else None, [], ""
+        x.to(dtype), residual.to(dtype), weight, bias, *options, "add", None, "relu" if relu else None, [], ""
     )
 
 

@@ -33,9 +33,8 @@ class DeformableDetrConfig(DetrConfig):
             detached) box it was refining (DINO); the next layer's input box stays detached.
         num_denoising: the most denoising queries in training (DN-DETR, contrastive as in DINO): noised copies of
             the ground truth, in as many groups of a positive and a negative copy of every object as fit (at least
-            one), that learn to reconstruct their box
-            (positives) or to reject it (negatives); an attention mask keeps them from the matching queries and
-            from each other. 0 disables; needs `anchor_queries`.
+            one), that learn to reconstruct their box (positives) or to reject it (negatives); an attention mask keeps
+            them from the matching queries and from each other. 0 disables; needs `anchor_queries`.
         label_noise_ratio: denoising queries whose class is flipped is half this share.
         box_noise_scale: denoising box noise, relative to each box's half size (negatives get 1 to 2 times it).
     Classification is sigmoid focal (`use_focal_loss=True`) by default, as in Deformable DETR.
@@ -91,8 +90,9 @@ class DeformableDetrConfig(DetrConfig):
         """The fast-converging combination (DINO's recipe on Deformable DETR): multi-scale deformable attention,
         two-stage anchors with mixed query selection, iterative box refinement that looks forward twice, contrastive
         denoising queries (24: two groups for images of up to 6 objects, one for more; DINO's 100 cost more time on
-        CPU than they saved in a 10-minute budget, 24 gained), sigmoid focal loss with the seed's weights (class 2, L1 5, GIoU 2) in both matching and
-        loss, auxiliary losses, no dropout. `num_queries` is the number of selected proposals."""
+        CPU than they saved in a 10-minute budget, 24 gained), sigmoid focal loss with the seed's weights (class 2,
+        L1 5, GIoU 2) in both matching and loss, auxiliary losses, no dropout. `num_queries` is the number of
+        selected proposals."""
         preset = dict(
             use_focal_loss=True,
             class_cost=2.0,

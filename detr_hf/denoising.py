@@ -14,8 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .box_ops import cxcywh_to_xyxy, xyxy_to_cxcywh
-
-Targets = list[dict[str, Tensor]]
+from .loss import Matching, Targets
 
 
 @dataclass
@@ -32,7 +31,7 @@ class DenoisingQueries:
     def num_queries(self) -> int:
         return self.content.shape[1]
 
-    def matching(self, targets: Targets) -> list[tuple[Tensor, Tensor]]:
+    def matching(self, targets: Targets) -> Matching:
         """Per image, (denoising query indices, target indices) of the positive copies: the known assignment that
         replaces the Hungarian matching for these queries."""
         matching = []
