@@ -50,8 +50,9 @@ RESNET = dict(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 
 DETR_SIZE = dict(
     d_model=128, encoder_layers=2, decoder_layers=3, encoder_ffn_dim=512, decoder_ffn_dim=512, num_queries=30
 )
+# the encoder's FFN as wide as RT-DETR's: it runs on every feature token, the decoder's only on the queries
 DEFORMABLE_SIZE = dict(
-    d_model=192, encoder_layers=2, decoder_layers=3, encoder_ffn_dim=1024, decoder_ffn_dim=1024, num_queries=50
+    d_model=192, encoder_layers=2, decoder_layers=3, encoder_ffn_dim=512, decoder_ffn_dim=1024, num_queries=50
 )
 
 

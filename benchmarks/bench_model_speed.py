@@ -1,17 +1,25 @@
 """Speed and peak memory of detr_hf's DETR-R50 against transformers' DetrForObjectDetection, measured in one run.
 
-Both models hold the same random weights (no download). Times are medians of repeats interleaved across the cases in
-one process (so a busy machine slows every case alike); each case's peak resident memory comes from its own subprocess.
-Cases: inference at batch 1, 800x1066 (fp32, and detr_hf under bf16 autocast); the fp32 backbone alone; a training
-step (forward, backward, AdamW) at batch 2 with 5 boxes an image, backbone stages 2-4 trainable in both.
+Both models hold the same random weights (no download). Each case runs in its own process, as a user runs it: one
+model built, two warm-up calls, then `--repeats` timed calls; the cases alternate over `--rounds` so that a busy
+machine slows each alike, and the table gives the median. Cases: inference at batch 1, 800x1066 (fp32, and detr_hf
+under bf16 autocast); the fp32 backbone alone; a training step (forward, backward, AdamW) at batch 2 with 5 boxes an
+image, backbone stages 2-4 trainable in both.
 
-    python benchmarks/bench_model_speed.py [--threads 2] [--repeats 5]
+The table also counts minor page faults per call: at this size every feature map of 32 MB or more that a model
+allocates anew comes back from the kernel as fresh pages (glibc returns such blocks on free), and faulting them in
+costs about as much as the 1x1 convolution that fills them. Both models run under the same allocator; set
+`THP_MEM_ALLOC_ENABLE=1` (PyTorch's option for huge pages) to see both with far fewer faults.
+
+    python benchmarks/bench_model_speed.py [--threads 2] [--repeats 5] [--rounds 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -95,18 +103,32 @@ def make_step(model, mode: str):
     return step
 
 
-def peak_memory(impl: str, mode: str) -> float:
-    """Runs in a subprocess: peak resident memory (MiB) while running the case twice with the model loaded.
+def run_case(impl: str, mode: str, repeats: int) -> dict:
+    """One case in this process, as a user runs it: build, warm up twice, time `repeats` calls.
 
-    The peak is reset after building (the random reference model used for the weights is freed first), and read from
-    VmHWM, which unlike ru_maxrss is not inherited from the parent across exec."""
+    Returns the median seconds and minor page faults per call, the peak resident memory over all calls (VmHWM, reset
+    after building; unlike ru_maxrss it is not inherited from the parent across exec) and, for inference, the
+    detections of the first call."""
     step = make_step(build(impl), mode)
-    gc.collect()
+    gc.collect()  # the random reference model that lent its weights goes before the peak is reset
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current resident size
+    first = step()
     step()
-    step()
+    seconds, faults = [], []
+    for _ in range(repeats):
+        faults_before, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+        step()
+        seconds.append(time.perf_counter() - start)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
     status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
+    result = {
+        "seconds": statistics.median(seconds),
+        "faults": statistics.median(faults),
+        "peak_mib": int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024,
+    }
+    if mode in ("fp32", "bf16"):
+        result.update(logits=first.logits[0].tolist(), boxes=first.pred_boxes[0].tolist())
+    return result
 
 
 def compare_detections(fp32: dict, other: dict) -> tuple[float, float, float]:
@@ -124,21 +146,21 @@ def compare_detections(fp32: dict, other: dict) -> tuple[float, float, float]:
     return same, (score_a - score_b).abs().max().item(), (boxes_a - boxes_b).abs().max().item()
 
 
-def peak_memory_in_subprocess(impl: str, mode: str, threads: int) -> float:
+def run_case_in_subprocess(impl: str, mode: str, threads: int, repeats: int) -> dict:
     code = (
-        f"import torch; torch.set_num_threads({threads}); import sys; sys.path.insert(0, 'benchmarks');"
-        f"from bench_model_speed import peak_memory; print(peak_memory({impl!r}, {mode!r}))"
+        f"import json, torch; torch.set_num_threads({threads}); import sys; sys.path.insert(0, 'benchmarks');"
+        f"from bench_model_speed import run_case; print(json.dumps(run_case({impl!r}, {mode!r}, {repeats})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per case and round")
+    parser.add_argument("--rounds", type=int, default=2, help="times each case's process runs, alternating")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
     cases = [
         ("transformers", "fp32"),
         ("detr_hf", "fp32"),
@@ -148,36 +170,26 @@ def main() -> None:
         ("transformers", "train"),
         ("detr_hf", "train"),
     ]
-    models = {impl: build(impl) for impl in ("transformers", "detr_hf")}
-    steps = {}
-    for impl, mode in cases:  # inference before training: make_step("train") switches the model to train mode
-        if mode != "train":
-            steps[impl, mode] = make_step(models[impl], mode)
-    outputs = {key: step() for key, step in steps.items()}  # warm-up, and the detections compared below
-    steps.update({(impl, "train"): make_step(models[impl], "train") for impl in models})
-    for key in [k for k in steps if k[1] == "train"]:
-        steps[key]()
-    # Interleaved repeats: on a shared machine, load then hits every case alike.
-    times: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
-    for _ in range(args.repeats):
-        for key, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[key].append(time.perf_counter() - start)
+    rounds: dict[tuple[str, str], list[dict]] = {case: [] for case in cases}
+    for round_index in range(args.rounds):  # cases alternate, so a busy machine slows each alike
+        for impl, mode in cases:
+            print(f"round {round_index + 1}/{args.rounds}: {impl} {mode} ...", file=sys.stderr, flush=True)
+            rounds[impl, mode].append(run_case_in_subprocess(impl, mode, args.threads, args.repeats))
     results = {}
-    for impl, mode in cases:
-        print(f"peak memory of {impl} {mode} ...", file=sys.stderr, flush=True)
-        results[impl, mode] = {"seconds": statistics.median(times[impl, mode])}
-        if mode != "backbone":
-            results[impl, mode]["peak_mib"] = peak_memory_in_subprocess(impl, mode, args.threads)
-        if mode in ("fp32", "bf16"):
-            out = outputs[impl, mode]
-            results[impl, mode].update(logits=out.logits[0].tolist(), boxes=out.pred_boxes[0].tolist())
+    for case, runs in rounds.items():
+        results[case] = {**runs[0], "seconds": statistics.median(r["seconds"] for r in runs)}
+        results[case].update(
+            faults=statistics.median(r["faults"] for r in runs), peak_mib=max(r["peak_mib"] for r in runs)
+        )
     print(
-        f"\nDETR-R50, {args.threads} threads, median of {args.repeats} (CPU: {torch.backends.cpu.get_cpu_capability()})\n"
+        f"\nDETR-R50, {args.threads} threads, {args.rounds} rounds of {args.repeats} calls, each case in its own process "
+        f"(CPU: {torch.backends.cpu.get_cpu_capability()})\n"
     )
-    print("| case | transformers s | detr_hf s | speed-up | transformers peak MiB | detr_hf peak MiB |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| case | transformers s | detr_hf s | speed-up | transformers peak MiB | detr_hf peak MiB "
+        "| page faults / call (transformers, detr_hf) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     rows = [
         ("inference fp32, batch 1, 800x1066", "fp32", "fp32"),
         ("inference detr_hf bf16 autocast vs transformers fp32", "fp32", "bf16"),
@@ -186,7 +198,8 @@ def main() -> None:
     for title, ref_mode, our_mode in rows:
         ref, ours = results["transformers", ref_mode], results["detr_hf", our_mode]
         print(
-            f"| {title} | {ref['seconds']:.3f} | {ours['seconds']:.3f} | {ref['seconds'] / ours['seconds']:.2f}x | {ref['peak_mib']:.0f} | {ours['peak_mib']:.0f} |"
+            f"| {title} | {ref['seconds']:.3f} | {ours['seconds']:.3f} | {ref['seconds'] / ours['seconds']:.2f}x "
+            f"| {ref['peak_mib']:.0f} | {ours['peak_mib']:.0f} | {ref['faults']:,.0f}, {ours['faults']:,.0f} |"
         )
     backbone = results["detr_hf", "backbone"]["seconds"]
     print(

@@ -131,6 +131,29 @@ def test_inference_fuses_the_backbone_and_follows_weight_updates():
     assert not any("_inference_weights" in vars(m) for m in backbone.modules())
 
 
+@pytest.mark.parametrize("layer_type", ["basic", "bottleneck"])
+def test_fused_inference_writes_residual_sums_in_place_without_touching_returned_feature_maps(layer_type):
+    """Blocks with an identity shortcut sum into their input in inference; a stage's input may be a returned feature
+    map (here the stem's), so only blocks after a stage's first may do it."""
+    torch.manual_seed(0)
+    resnet = ResNetConfig(
+        embedding_size=8,
+        hidden_sizes=[8, 16],
+        depths=[3, 2],
+        layer_type=layer_type,
+        out_features=["stem", "stage1", "stage2"],
+    )
+    backbone = DetrForObjectDetection(DetrConfig(backbone_config=resnet, **TINY_DETR)).eval().model.backbone
+    pixels = torch.randn(2, 3, 64, 64)
+    eager = [feature.detach() for feature, _ in backbone(pixels, None)]
+    with torch.no_grad():
+        fused = [feature for feature, _ in backbone(pixels, None)]
+    for got, expected in zip(fused, eager, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    blocks = [b for stage in backbone.model.encoder.stages for b in stage.layers]
+    assert [getattr(b, "_input_is_private", False) for b in blocks] == [False, True, True, False, True]
+
+
 def test_backbone_batch_norm_trains_when_not_frozen(tmp_path):
     """From scratch (RT-DETR's `freeze_backbone_batch_norms=False`): ordinary BatchNorm, statistics and affine trained."""
     config = DetrConfig(
