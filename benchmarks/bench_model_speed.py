@@ -175,12 +175,15 @@ def main() -> None:
         for impl, mode in cases:
             print(f"round {round_index + 1}/{args.rounds}: {impl} {mode} ...", file=sys.stderr, flush=True)
             rounds[impl, mode].append(run_case_in_subprocess(impl, mode, args.threads, args.repeats))
-    results = {}
-    for case, runs in rounds.items():
-        results[case] = {**runs[0], "seconds": statistics.median(r["seconds"] for r in runs)}
-        results[case].update(
-            faults=statistics.median(r["faults"] for r in runs), peak_mib=max(r["peak_mib"] for r in runs)
-        )
+    results = {
+        case: {  # detections from the first round; medians of time and faults; the highest peak
+            **runs[0],
+            "seconds": statistics.median(r["seconds"] for r in runs),
+            "faults": statistics.median(r["faults"] for r in runs),
+            "peak_mib": max(r["peak_mib"] for r in runs),
+        }
+        for case, runs in rounds.items()
+    }
     print(
         f"\nDETR-R50, {args.threads} threads, {args.rounds} rounds of {args.repeats} calls, each case in its own process "
         f"(CPU: {torch.backends.cpu.get_cpu_capability()})\n"
