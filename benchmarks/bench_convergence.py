@@ -2,7 +2,7 @@
 
 Every variant trains on the same generated shapes (detr_hf.data.synthetic defaults: 128x128, 1-6 objects of 3 classes,
 10-44 px; 2000 training images, preloaded as tensors, no augmentation) with the same batches in the same order
-(batch 16, AdamW 2e-4, weight decay 1e-4, gradient clipping 0.1), on `--threads` CPU threads, for `--minutes` of
+(batch 16, AdamW 1e-3, weight decay 1e-4, gradient clipping 0.1), on `--threads` CPU threads, for `--minutes` of
 training time each; COCO mAP / AP50 / AP_small on a fixed validation split are measured every `--eval-every` minutes
 (the clock stops during evaluation). Each variant runs in its own subprocess, so its peak resident memory is its own.
 
@@ -15,7 +15,7 @@ Variants:
 - ablations, not run by default: `dino_like-no-denoising`; `deformable` (box refinement and focal loss only: no
   two-stage, anchors or denoising); `deformable-softmax` (the same without focal loss).
 
-    python benchmarks/bench_convergence.py --minutes 10 --eval-every 2 [--variants dino_like hf-rtdetr] [--out DIR]
+    python benchmarks/bench_convergence.py --minutes 10 --eval-every 1 [--variants dino_like hf-rtdetr] [--out DIR]
 
 Writes `convergence.json`, `convergence_time.png` and `convergence_images.png` under `--out`, and prints a markdown
 table. Timings depend on the machine and on whatever else runs on it.
@@ -50,9 +50,10 @@ RESNET = dict(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 
 DETR_SIZE = dict(
     d_model=128, encoder_layers=2, decoder_layers=3, encoder_ffn_dim=512, decoder_ffn_dim=512, num_queries=30
 )
-# the encoder's FFN as wide as RT-DETR's: it runs on every feature token, the decoder's only on the queries
+# One encoder layer with an FFN as wide as RT-DETR's: it runs on every feature token, the decoder only on the queries.
+# Single-thread 10-minute runs at 1e-3: mAP 0.417 with one encoder layer against 0.284 with two, 34% less per step.
 DEFORMABLE_SIZE = dict(
-    d_model=192, encoder_layers=2, decoder_layers=3, encoder_ffn_dim=512, decoder_ffn_dim=1024, num_queries=50
+    d_model=192, encoder_layers=1, decoder_layers=3, encoder_ffn_dim=512, decoder_ffn_dim=1024, num_queries=50
 )
 
 
@@ -213,7 +214,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS + OPTIONAL_VARIANTS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate, the same for every variant")
     parser.add_argument("--num-train", type=int, default=2000)
     parser.add_argument("--num-val", type=int, default=200)
     parser.add_argument("--out", default="benchmarks/results/convergence")
