@@ -1,6 +1,6 @@
 """The ``detr-hf`` command line.
 
-    detr-hf convert path/to/export --format voc --output data/mine [--val-fraction 0.1 --seed 0] [--push-to-hub me/mine]
+    detr-hf convert path/to/export --format voc --output data/mine [--val-fraction 0.1] [--push-to-hub me/mine]
     detr-hf inspect data/mine
 
     detr-hf evaluate --model runs/mine --data data/mine
@@ -30,12 +30,14 @@ def _class_names(value: str | None) -> list[str] | None:
     if value is None:
         return None
     if value.startswith("@"):
-        return [line.strip() for line in Path(value[1:]).read_text().splitlines() if line.strip()]
+        text = Path(value[1:]).read_text(encoding="utf-8-sig")
+        return [line.strip() for line in text.splitlines() if line.strip()]
     return [name.strip() for name in value.split(",") if name.strip()]
 
 
 # -- convert ---------------------------------------------------------------------------------------------------------
 def _add_convert(subparsers: argparse._SubParsersAction) -> None:
+    from .data.conversion import DEFAULT_MAX_IMAGE_PIXELS
     from .data.formats import FORMATS  # keeps `detr-hf --help` fast
 
     p = subparsers.add_parser(
@@ -51,7 +53,12 @@ def _add_convert(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--class-names", help="class list and order: 'a,b,c' or '@file' (one name a line)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of train for validation when the source "
                    "has no validation split (default 0.1; 0 for none)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of the validation split (default 0)")
+    p.add_argument("--split-seed", "--seed", type=int, default=0, help="seed of the validation split (default 0): "
+                   "file names are hashed with it, so images keep their split when others are added")  # fmt: skip
+    p.add_argument("--image-root", action="append", default=[], metavar="DIR", help="a folder outside the source "
+                   "folder that annotations may name images in (repeatable); others are refused")  # fmt: skip
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, help="larger images are "
+                   f"reported undecodable (default {DEFAULT_MAX_IMAGE_PIXELS}, PIL's limit; 0 for none)")  # fmt: skip
     p.add_argument("--strict", action="store_true", help="fail on the first fix instead of fixing and reporting it")
     p.add_argument("--exclude-difficult", action="store_true", help="leave out VOC 'difficult' boxes")
     p.add_argument("--no-verify-images", action="store_true", help="skip decoding each image (faster, less safe)")
@@ -76,10 +83,12 @@ def _run_convert(args: argparse.Namespace) -> int:
         images_dir=args.images_dir,
         class_names=_class_names(args.class_names),
         val_fraction=args.val_fraction,
-        seed=args.seed,
+        split_seed=args.split_seed,
         strict=args.strict,
         include_difficult=not args.exclude_difficult,
         verify_images=not args.no_verify_images,
+        image_roots=args.image_root,
+        max_image_pixels=args.max_image_pixels or None,
         num_proc=args.num_proc,
         cache_dir=args.cache_dir,
         verbose=True,
@@ -110,7 +119,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
     stats = inspect_dataset(args.dataset)
     print(stats)
     if args.json_path:
-        Path(args.json_path).write_text(json.dumps(stats.to_dict(), indent=2))
+        Path(args.json_path).write_text(json.dumps(stats.to_dict(), indent=2), encoding="utf-8")
     if not args.no_plot:
         source = Path(args.dataset)
         default = source / "dataset_stats.png" if source.is_dir() else Path("dataset_stats.png")

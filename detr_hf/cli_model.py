@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+import sys
+from pathlib import Path, PurePath
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -33,7 +34,9 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default="auto", help="annotation format of --data (default: auto)")
     p.add_argument("--split", default="validation", help="split to evaluate (default: validation)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--output", help="also write the metrics (JSON) and the detections (COCO results) here")
+    p.add_argument("--output", help="also write the metrics (eval_results.json) and the detections here "
+                   "(predictions.json: COCO results with the source's category and image ids, so they score against "
+                   "the original COCO annotation file)")  # fmt: skip
     p.set_defaults(run=run_evaluate)
 
 
@@ -52,63 +55,117 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.output:
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "eval_results.json").write_text(json.dumps(metrics, indent=2))
-        (out / "predictions.json").write_text(json.dumps(evaluator.coco_results()))
+        (out / "eval_results.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        (out / "predictions.json").write_text(json.dumps(evaluator.coco_results()), encoding="utf-8")
     return 0
 
 
 def add_predict(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("predict", help="detect objects in images; save them drawn, and as JSON")
+    p = subparsers.add_parser(
+        "predict",
+        help="detect objects in images; save them drawn, and as JSON",
+        description="Detect objects in images and save each image with its boxes drawn, plus detections.json. "
+        "Drawings keep the image's path under the folder it was found in (just its name for an image given as a "
+        "file), with '_detections.png' in place of its suffix: photos/a/x.jpg found in photos/ -> a/x_detections.png. "
+        "When two images would get the same drawing (x.jpg and x.png, or the same name in two input folders), the "
+        "later ones get -2, -3, ... before '_detections'. detections.json holds 'images' (input path -> its drawing "
+        "and its detections) and 'errors' (each image that did not decode, with why). An image that does not decode "
+        "is named on stderr and skipped; the others are still processed and saved. Exit status: 0, or 1 when any "
+        "image did not decode.",
+    )
     p.add_argument("--model", required=True, help="model folder or Hub id")
-    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("images", nargs="+", help="image files or folders of images (searched recursively)")
     p.add_argument("--output", "-o", required=True, help="folder for the drawn images and detections.json")
     p.add_argument("--threshold", type=float, default=0.5, help="minimum score (default 0.5)")
     p.add_argument("--batch-size", type=int, default=4)
     p.set_defaults(run=run_predict)
 
 
-def _image_paths(inputs: list[str]) -> list[Path]:
-    paths = []
+def _image_paths(inputs: list[str]) -> list[tuple[Path, PurePath]]:
+    """Each image to predict (folders searched recursively, each file once) with its path under its input folder."""
+    found: list[tuple[Path, PurePath]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found += [(p, p.relative_to(item)) for p in files]
         elif item.is_file():
-            paths.append(item)
+            found.append((item, PurePath(item.name)))
         else:
             raise SystemExit(f"detr-hf predict: {item} is neither an image file nor a folder")
-    if not paths:
+    if not found:
         raise SystemExit(f"detr-hf predict: no images found in {inputs}")
-    return paths
+    seen: set[Path] = set()
+    unique = []
+    for path, relative in found:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append((path, relative))
+    return unique
+
+
+def _drawing_names(relative_paths: list[PurePath]) -> list[str]:
+    """``a/x.jpg`` -> ``a/x_detections.png``; a name already taken (case-insensitively) gets ``-2``, ``-3``, ..."""
+    taken: set[str] = set()
+    names = []
+    for relative in relative_paths:
+        stem = relative.with_suffix("").as_posix()
+        name, count = f"{stem}_detections.png", 1
+        while name.casefold() in taken:
+            count += 1
+            name = f"{stem}-{count}_detections.png"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
 
 
 def run_predict(args: argparse.Namespace) -> int:
     import torch
-    from PIL import Image, ImageOps
     from tqdm.auto import tqdm
 
+    from .data.decode import decode_image
+    from .data.report import DatasetValidationError
     from .visualization import draw_detections
 
     model, processor = load_model_and_processor(args.model)
-    paths = _image_paths(args.images)
+    inputs = _image_paths(args.images)
+    drawings = _drawing_names([relative for _, relative in inputs])
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    detections = {}
-    for start in tqdm(range(0, len(paths), args.batch_size), desc="predicting", unit="batch"):
-        chunk = paths[start : start + args.batch_size]
-        images = [ImageOps.exif_transpose(Image.open(p)).convert("RGB") for p in chunk]
-        inputs = processor(images=images, return_tensors="pt")
+    found: dict[str, dict] = {}
+    errors: list[dict[str, str]] = []
+    jobs = [(path, drawing) for (path, _), drawing in zip(inputs, drawings)]
+    for start in tqdm(range(0, len(jobs), args.batch_size), desc="predicting", unit="batch"):
+        decoded = []
+        for path, drawing in jobs[start : start + args.batch_size]:
+            try:
+                decoded.append((path, drawing, decode_image(path)))
+            except DatasetValidationError as error:
+                tqdm.write(f"detr-hf predict: skipped {error}", file=sys.stderr)
+                errors.append({"image": str(path), "error": str(error)})
+        if not decoded:
+            continue
+        images = [image for _, _, image in decoded]
+        batch = processor(images=images, return_tensors="pt")
         with torch.no_grad():
-            outputs = model(**inputs)
+            outputs = model(**batch)
         sizes = [(image.height, image.width) for image in images]
         results = processor.post_process_object_detection(outputs, threshold=args.threshold, target_sizes=sizes)
-        for path, image, result in zip(chunk, images, results):
+        for (path, drawing, image), result in zip(decoded, results):
             drawn = draw_detections(image, result["boxes"], result["labels"], result["scores"], model.config.id2label)
-            drawn.save(out / f"{path.stem}_detections.png")
-            detections[str(path)] = [
+            (out / drawing).parent.mkdir(parents=True, exist_ok=True)
+            drawn.save(out / drawing)
+            detections = [
                 {"label": model.config.id2label[int(label)], "score": round(float(score), 4),
                  "box_xyxy": [round(float(v), 2) for v in box]}
                 for label, score, box in zip(result["labels"], result["scores"], result["boxes"])
             ]  # fmt: skip
-    (out / "detections.json").write_text(json.dumps(detections, indent=2))
-    print(f"{sum(map(len, detections.values()))} detections in {len(paths)} images -> {out}")
+            found[str(path)] = {"drawing": drawing, "detections": detections}
+    report = {"images": found, "errors": errors}
+    (out / "detections.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    total = sum(len(entry["detections"]) for entry in found.values())
+    print(f"{total} detections in {len(found)} images -> {out}")
+    if errors:
+        print(f"detr-hf predict: {len(errors)} of {len(jobs)} images did not decode (see 'errors' in detections.json)",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0

@@ -74,9 +74,11 @@ def coco_ground_truth_from_dataset(
 
     Only the ``image_id``, ``width``, ``height``, ``file_name`` and ``objects`` columns are read, through Arrow, so
     this takes well under a second for 10k images. ``objects.category`` (0-based label) becomes the COCO category id
-    ``label_to_category_id[label]`` (default: the label itself). Class names come from the ``ClassLabel`` feature, or
-    from ``class_names`` when the column is a plain integer. Annotation ids are renumbered 1..N: COCOeval treats id 0
-    as "unmatched" and the source ids need not be unique across the dataset.
+    ``label_to_category_id[label]``. By default that is the source's category id kept in the dataset's
+    :class:`~detr_hf.data.schema.CategoryMapping` (the original COCO ids, so detections written with these ids can be
+    scored against the original annotation file), and the label itself when the dataset has none. Class names come
+    from the ``ClassLabel`` feature, or from ``class_names`` when the column is a plain integer. Annotation ids are
+    renumbered 1..N: COCOeval treats id 0 as "unmatched" and the source ids need not be unique across the dataset.
     """
     for column in ("image_id", "width", "height", "objects"):
         if column not in dataset.column_names:
@@ -90,6 +92,8 @@ def coco_ground_truth_from_dataset(
                 f"class_names {list(class_names)} differ from the dataset's ClassLabel names {names}: the model and "
                 "the dataset disagree on the meaning of the labels."
             )
+        if label_to_category_id is None:
+            label_to_category_id = _source_category_ids(dataset)
     elif class_names is not None:
         names = list(class_names)
     else:
@@ -180,6 +184,20 @@ def coco_ground_truth_from_dataset(
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
+def _source_category_ids(dataset: Dataset) -> dict[int, int] | None:
+    """Label -> the source's category id, from the dataset's CategoryMapping; None (labels as ids) when it has none."""
+    from .data.schema import get_category_mapping
+
+    mapping = get_category_mapping(dataset)
+    ids = {c.label: mapping.source_id(c.label) for c in mapping.categories}
+    if all(c.source_id is None for c in mapping.categories):
+        return None
+    if len(set(ids.values())) != len(ids):
+        logger.warning("The dataset's source category ids %s are not unique; labels are used as category ids.", ids)
+        return None
+    return ids
+
+
 def load_coco_ground_truth(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
     """Read and check a COCO detection ground truth (path or dict) into a private copy ready for evaluation.
 
@@ -188,7 +206,7 @@ def load_coco_ground_truth(source: str | os.PathLike | Mapping[str, Any]) -> dic
     """
     where = str(source) if isinstance(source, (str, os.PathLike)) else "the ground-truth dict"
     if isinstance(source, (str, os.PathLike)):
-        with open(source) as f:
+        with open(source, encoding="utf-8-sig") as f:
             data = json.load(f)
     else:
         data = source
@@ -279,26 +297,6 @@ def _as_numpy(value: Any) -> np.ndarray:
     return _as_tensor(value).numpy()
 
 
-def predictions_to_coco_results(
-    predictions: Sequence[Mapping[str, Any]], label_to_category_id: Mapping[int, int] | None = None
-) -> list[dict[str, Any]]:
-    """Turn post-processed predictions (``image_id``, ``scores``, ``labels``, ``boxes`` xyxy) into a COCO results list.
-
-    The result (``image_id``, ``category_id``, ``bbox`` xywh, ``score``) is what ``COCO.loadRes`` and the COCO
-    evaluation server read, e.g. to write ``predictions.json``.
-    """
-    results = []
-    for prediction in predictions:
-        boxes = xyxy_to_xywh(_as_tensor(prediction["boxes"]).reshape(-1, 4)).tolist()
-        labels = _as_numpy(prediction["labels"]).reshape(-1).tolist()
-        scores = _as_numpy(prediction["scores"]).reshape(-1).tolist()
-        image_id = int(prediction["image_id"])
-        for box, label, score in zip(boxes, labels, scores):
-            category_id = int(label) if label_to_category_id is None else int(label_to_category_id[int(label)])
-            results.append({"image_id": image_id, "category_id": category_id, "bbox": box, "score": float(score)})
-    return results
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Evaluator
 # --------------------------------------------------------------------------------------------------------------------
@@ -312,9 +310,9 @@ class CocoEvaluator:
         id2label: the model's label names. With a dataset, used only when ``objects.category`` is not a
             ``ClassLabel`` (and checked against it when it is). With a COCO json and no ``label_to_category_id``,
             labels are matched to categories by name.
-        label_to_category_id: the COCO category id of each 0-based model label, e.g. the mapping kept when a source's
-            sparse category ids (1, 2, 3, 5, ...) became a ``ClassLabel``. Default: the label itself (or, for a COCO
-            json with ``id2label``, matched by name).
+        label_to_category_id: the COCO category id of each 0-based model label. Default: for a dataset, the
+            source's ids kept in its ``CategoryMapping`` (e.g. COCO's sparse 1, 2, 3, 5, ...), else the label itself;
+            for a COCO json with ``id2label``, matched by name. ``coco_results()`` and the metrics use these ids.
         backend: ``"faster_coco_eval"`` (C++, default) or ``"pycocotools"``; both give the same numbers.
         max_detections: COCO's largest ``maxDets``; the metrics use thresholds ``1, 10, max_detections``, applied by
             COCOeval per image and class.
@@ -497,7 +495,11 @@ class CocoEvaluator:
         return image_ids, boxes, scores, category_ids
 
     def coco_results(self) -> list[dict[str, Any]]:
-        """The accumulated detections as a COCO results list (``image_id``, ``category_id``, ``bbox`` xywh, ``score``)."""
+        """The accumulated detections as a COCO results list (``image_id``, ``category_id``, ``bbox`` xywh, ``score``).
+
+        Category ids are the ground truth's (for a converted dataset, the source's own ids), so the list, written as
+        ``predictions.json``, scores against the original COCO annotation file with ``COCO.loadRes``.
+        """
         return [
             {"image_id": i, "category_id": c, "bbox": b, "score": s} for i, b, s, c in zip(*self._flat_detections())
         ]
@@ -591,15 +593,14 @@ class CocoEvaluator:
         for name in _AREA_NAMES:
             metrics[f"mar_{name}"] = mean(recall[:, :, area_index[name], last])
 
-        names = [self.category_names[int(c)] for c in params.catIds]
+        # COCOeval's class axis follows sorted category ids; per-class results follow the ground truth's order
+        # (label order for a dataset), whatever ids the source used
+        column = {int(c): k for k, c in enumerate(params.catIds)}
+        classes = [(c["name"], column[c["id"]]) for c in self.ground_truth["categories"]]
         all_areas = area_index["all"]
-        metrics["map_per_class"] = {n: mean(precision[:, :, k, all_areas, last]) for k, n in enumerate(names)}
-        metrics["map_50_per_class"] = {
-            n: mean(precision[iou_index[0.5], :, k, all_areas, last]) for k, n in enumerate(names)
-        }
-        metrics[f"mar_{self.max_detections}_per_class"] = {
-            n: mean(recall[:, k, all_areas, last]) for k, n in enumerate(names)
-        }
+        metrics["map_per_class"] = {n: mean(precision[:, :, k, all_areas, last]) for n, k in classes}
+        metrics["map_50_per_class"] = {n: mean(precision[iou_index[0.5], :, k, all_areas, last]) for n, k in classes}
+        metrics[f"mar_{self.max_detections}_per_class"] = {n: mean(recall[:, k, all_areas, last]) for n, k in classes}
         return metrics
 
 

@@ -270,7 +270,17 @@ class DetrPreTrainedModel(PreTrainedModel):
         differs from the checkpoint's, the class head is re-initialized (logged) and the rest loads."""
         from .checkpoint_conversion import load_pretrained
 
-        return load_pretrained(super().from_pretrained, cls, pretrained_model_name_or_path, *model_args, **kwargs)
+        loaded = load_pretrained(super().from_pretrained, cls, pretrained_model_name_or_path, *model_args, **kwargs)
+        # transformers loads the weights into new parameters, all trainable: freeze the backbone again
+        (loaded[0] if isinstance(loaded, tuple) else loaded).apply_frozen_backbone_stages()
+        return loaded
+
+    def apply_frozen_backbone_stages(self) -> None:
+        """Trains the backbone stages `config.frozen_backbone_stages` says (stages 2-4 by default: stem and stage 1
+        frozen, as in DETR); every other parameter of the backbone is frozen."""
+        for module in self.modules():
+            if isinstance(module, DetrConvEncoder):
+                module.freeze_stages(self.config.frozen_backbone_stages)
 
 
 class DetrModel(DetrPreTrainedModel):

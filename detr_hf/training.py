@@ -36,11 +36,15 @@ class TrainingConfig:
     train_split: str = "train"
     eval_split: str = "validation"
     val_fraction: float = 0.1
+    split_seed: int = 0  # picks the images of a validation split made by val_fraction (independent of `seed`)
     augmentation: str = "train"  # "train" | "aerial" | "medical" | "none"
     scales: list[int] = field(default_factory=lambda: [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800])
     max_size: int = 1333
     # optimization
-    output_dir: str = "runs/detr"
+    output_dir: str = "runs/detr"  # must be empty (or absent) unless resuming or overwrite_output_dir
+    # train a new run in a non-empty output_dir: its outputs are replaced; an earlier run's checkpoints stay, but
+    # are neither rotated away nor resumed by "latest"
+    overwrite_output_dir: bool = False
     seed: int = 0
     num_epochs: int = 50
     max_steps: int | None = None
@@ -54,7 +58,10 @@ class TrainingConfig:
     lr_scheduler: str = "step"  # "step" | "cosine" | "constant"
     lr_drop_fraction: float = 0.67  # step: when to divide the learning rate by 10, as a fraction of training
     warmup_steps: int = 0
-    max_grad_norm: float = 0.1
+    max_grad_norm: float = 0.1  # 0 or null: no clipping (the norm is still checked: a non-finite one skips the step)
+    # a step whose loss or gradient norm is not finite (on any process) is skipped; this many in a row abort the run
+    # with an error instead of saving a broken model (null: never abort)
+    max_consecutive_skipped_steps: int | None = 20
     mixed_precision: str = "no"  # "no" | "bf16" | "fp16"
     ema_decay: float | None = None  # e.g. 0.9998; None disables EMA
     num_workers: int = 0
@@ -65,7 +72,7 @@ class TrainingConfig:
     metric_for_best_model: str = "map"
     early_stopping_patience: int | None = None
     checkpoint_every_steps: int | None = None
-    save_total_limit: int = 2
+    save_total_limit: int | None = 2  # newest step checkpoints of this run kept; 0: none saved; null: all kept
     resume_from_checkpoint: str | None = None  # "latest" or a folder
     logging_steps: int = 10
     report_to: list[str] = field(default_factory=list)  # Accelerate trackers: "tensorboard", "trackio", "wandb"
@@ -163,7 +170,10 @@ def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Opt
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainingConfig, total_steps: int):
-    """Linear warm-up, then DETR's single step decay (x0.1), cosine decay, or constant; counted in optimizer steps."""
+    """Linear warm-up, then DETR's single step decay (x0.1), cosine decay, or constant; counted in optimizer steps.
+
+    Step it once per optimizer step yourself: `accelerator.prepare` would wrap it to step once per process at every
+    optimizer step, which squeezes the schedule N-fold on N processes."""
 
     def factor(step: int) -> float:
         if step < config.warmup_steps:
@@ -367,13 +377,30 @@ def build_detector(config: TrainingConfig, class_names: list[str]):
 
 
 def eval_dataloader(dataset, image_processor, batch_size: int = 8, num_workers: int = 0, seed: int = 0):
-    """Batches of a detection split for evaluation: resized as `image_processor.size` says, collated by it."""
+    """Batches of a detection split for evaluation: resized as `image_processor.size` says, collated by it.
+
+    Every size form of the DETR image processors (ours and transformers', a dict or a ``SizeDict``) is understood:
+    ``shortest_edge`` (with or without ``longest_edge``), ``max_height``/``max_width`` (fit inside, up or down) and
+    ``height``/``width`` (exact); a processor with ``do_resize=False`` gets the images at their own size.
+    """
+    import albumentations as A
     from torch.utils.data import DataLoader
 
-    from .data.transforms import build_transforms, make_collate_fn, make_transform_fn
+    from .data.transforms import bbox_params, build_transforms, make_collate_fn, make_transform_fn
+    from .image_processing_detr import standardize_size
 
-    size = image_processor.size
-    pipeline = build_transforms("eval", [size["shortest_edge"]], size.get("longest_edge"))
+    keys = ("shortest_edge", "longest_edge", "max_height", "max_width", "height", "width")
+    size = standardize_size({key: image_processor.size.get(key) for key in keys})
+    if not getattr(image_processor, "do_resize", True):
+        pipeline = None
+    elif "shortest_edge" in size:
+        pipeline = build_transforms("eval", [size["shortest_edge"]], size.get("longest_edge"))
+    else:
+        if "height" in size:
+            resize = A.Resize(size["height"], size["width"], area_for_downscale="image")
+        else:
+            resize = A.LongestMaxSize(max_size_hw=(size["max_height"], size["max_width"]), area_for_downscale="image")
+        pipeline = A.Compose([resize], bbox_params=bbox_params(0.0))
     return DataLoader(
         dataset.with_transform(make_transform_fn(pipeline)),
         batch_size=batch_size,

@@ -10,6 +10,7 @@ import transformers
 from transformers import ResNetConfig
 
 from detr_hf import DetrConfig, DetrForObjectDetection
+from detr_hf.data import load_detection_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rodm_voc2012_multiformat"
 
@@ -92,3 +93,16 @@ def random_labels(num_boxes: list[int], num_labels: int = 4, seed: int = 0) -> l
             }
         )
     return labels
+
+
+@pytest.fixture
+def load(tmp_path):
+    """load_detection_dataset with a private cache, no validation split, the report returned, nothing printed."""
+    cache = str(tmp_path / "hf_cache")
+
+    def _load(source, **kwargs):
+        kwargs.setdefault("val_fraction", 0)
+        kwargs.setdefault("verbose", False)
+        return load_detection_dataset(source, cache_dir=cache, return_report=True, **kwargs)
+
+    return _load

@@ -62,7 +62,9 @@ def test_predict_draws_boxes_and_writes_detections(model_and_data, tmp_path):
         )
         == 0
     )
-    detections = json.loads((tmp_path / "out" / "detections.json").read_text())
+    report = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert report["errors"] == []
+    detections = {path: entry["detections"] for path, entry in report["images"].items()}
     assert len(detections) == 3 and all(len(found) == TINY_DETR["num_queries"] for found in detections.values())
     assert all(d["label"] in {"circle", "square", "triangle"} for found in detections.values() for d in found)
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [f"img{i}_detections.png" for i in range(3)]

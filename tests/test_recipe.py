@@ -55,6 +55,43 @@ def _arguments(output_dir: Path, **overrides) -> list[str]:
     return [item for key, value in options.items() for item in (f"--{key}", json.dumps(value))]
 
 
+def launch_two_processes(script: Path, arguments: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of ``script`` on 2 CPU processes (gloo), one thread each."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *arguments]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def kill_and_resume(tmp_path: Path, settings: dict, kill_at: str) -> tuple[dict, dict, Path]:
+    """Train straight; train again, SIGKILL the run once checkpoint ``kill_at`` exists, resume it from ``latest``.
+
+    Returns both runs' final weights and the interrupted run's folder.
+    """
+    _recipe().main(_arguments(tmp_path / "straight", **settings))
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [sys.executable, str(RECIPE), *_arguments(interrupted, **settings)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 240
+    while not (interrupted / "checkpoints" / kill_at).exists():
+        assert process.poll() is None and time.time() < deadline, f"the run ended before its checkpoint {kill_at}"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done = sorted(p.name for p in (interrupted / "checkpoints").glob("step-*") if not p.name.endswith(".partial"))
+    last = f"step-{settings['max_steps']:08d}"
+    assert done and done[-1] < last and not (interrupted / "model.safetensors").exists()
+    _recipe().main(_arguments(interrupted, **settings, resume_from_checkpoint="latest"))
+    straight = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    resumed = load_file(str(interrupted / "model.safetensors"))
+    return straight, resumed, interrupted
+
+
 def _pycocotools_map(ground_truth: dict, predictions: list) -> float:
     coco = COCO()
     coco.dataset = ground_truth
@@ -107,30 +144,10 @@ def test_recipe_metrics_equal_pycocotools_on_its_own_predictions(tmp_path):
 
 def test_two_processes_train_evaluate_every_image_once_and_checkpoint_once(tmp_path):
     out = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        str(RECIPE),
-        *_arguments(
-            out,
-            num_epochs=1,
-            cpu=True,
-            checkpoint_every_steps=2,
-            synthetic={"num_train": 32, "num_val": 9, "image_size": 64},
-        ),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    synthetic = {"num_train": 32, "num_val": 9, "image_size": 64}
+    completed = launch_two_processes(
+        RECIPE, _arguments(out, num_epochs=1, cpu=True, checkpoint_every_steps=2, synthetic=synthetic)
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     train = json.loads((out / "train_results.json").read_text())
     assert train["num_processes"] == 2 and train["steps"] == 4  # 32 images / (2 processes x 4 per batch)
@@ -149,26 +166,7 @@ def test_two_processes_train_evaluate_every_image_once_and_checkpoint_once(tmp_p
 
 def test_killed_run_resumed_from_its_checkpoint_ends_with_the_same_weights(tmp_path):
     settings = dict(max_steps=12, num_epochs=3, checkpoint_every_steps=2, save_total_limit=10)
-    _recipe().main(_arguments(tmp_path / "straight", **settings))
-    interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen(
-        [sys.executable, str(RECIPE), *_arguments(interrupted, **settings)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 240
-    while not (interrupted / "checkpoints" / "step-00000004").exists():
-        assert process.poll() is None and time.time() < deadline, "the run ended before its second checkpoint"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    done = sorted(p.name for p in (interrupted / "checkpoints").glob("step-*") if not p.name.endswith(".partial"))
-    assert done and done[-1] < "step-00000012" and not (interrupted / "model.safetensors").exists()
-    _recipe().main(_arguments(interrupted, **settings, resume_from_checkpoint="latest"))
-    straight = load_file(str(tmp_path / "straight" / "model.safetensors"))
-    resumed = load_file(str(interrupted / "model.safetensors"))
+    straight, resumed, _ = kill_and_resume(tmp_path, settings, kill_at="step-00000004")
     assert straight.keys() == resumed.keys()
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], atol=0, rtol=0, msg=key)

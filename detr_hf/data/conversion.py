@@ -14,16 +14,17 @@ import base64
 import io
 import json
 import pickle
-import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 
-import numpy as np
 import PIL.Image
 import PIL.ImageOps
 from datasets import Features, Value
 
-from .formats.base import SourceImage, SourceObject
+from .decode import HIGH_DEPTH_MODES, exif_orientation, high_depth_to_8bit
+from .formats.base import IGNORE_ALL_CLASSES, SourceImage, SourceObject
 from .formats.geometry import (
     SWAPPING_ORIENTATIONS,
     clip_box,
@@ -36,8 +37,8 @@ from .report import Issue
 
 ISSUES_COLUMN, KEEP_COLUMN = "_issues", "_keep"
 # Modes a detector cannot take as they are (RGB conversion would clip 16-bit values): stored as 8-bit instead.
-_HIGH_DEPTH_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-_EXIF_ORIENTATION = 0x0112
+# The largest image PIL opens by default (it warns above half this, at PIL.Image.MAX_IMAGE_PIXELS, and refuses beyond).
+DEFAULT_MAX_IMAGE_PIXELS = 2 * PIL.Image.MAX_IMAGE_PIXELS if PIL.Image.MAX_IMAGE_PIXELS else None
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class RowOptions:
     clip_tolerance: float = 1e-3  # pixels; differences below this are float noise, not fixes
     label_of: dict[str, int] = field(default_factory=dict)  # class name -> label
     class_list: str = ""  # the class list as messages show it
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS  # larger images are reported undecodable; None: no limit
 
 
 def working_features(features: Features) -> Features:
@@ -91,40 +93,60 @@ def check_objects(
     """
     out: dict[str, list] = {k: [] for k in ("id", "area", "bbox", "category", "iscrowd", "difficult", "truncated")}
     for obj in objects:
-        label = options.label_of.get(obj.name, -1) if options.label_of else obj.label
-        if label < 0:
-            issues.add("unknown_class", obj.record, f"class {obj.name!r} is not in {options.class_list}", boxes_lost=1)
-            continue
-        if obj.difficult and not options.include_difficult:
-            issues.add("difficult_excluded", obj.record, "difficult box left out", boxes_lost=1)
-            continue
-        box = obj.box
-        if obj.normalized:
-            box = scale_box(box, width, height)
-        elif orientation_from is not None:
-            box = exif_transpose_box(box, *orientation_from)
-        if not is_finite_box(box):
-            issues.add("malformed", obj.record, f"box with corners {_fmt_box(box)} is not finite", boxes_lost=1)
-            continue
-        x0, y0, x1, y1 = box
-        if x1 < x0 or y1 < y0:
-            issues.add("box_degenerate", obj.record, f"box with corners {_fmt_box(box)} has them swapped", boxes_lost=1)
-            continue
-        clipped = clip_box(box, width, height)
-        changed = max(abs(a - b) for a, b in zip(box, clipped)) > options.clip_tolerance
-        if clipped[2] - clipped[0] <= 0 or clipped[3] - clipped[1] <= 0:
-            why = "lies outside" if changed else "has no width or height in"
-            issues.add(
-                "box_degenerate", obj.record, f"box with corners {_fmt_box(box)} {why} the {width}x{height} image", 1
-            )
-            continue
-        if changed:
-            issues.add(
-                "box_clipped",
-                obj.record,
-                f"box {_fmt_box(box)} extends beyond the {width}x{height} image; clipped to {_fmt_box(clipped)}",
-            )
-        x, y, w, h = xyxy_to_xywh(clipped)
+        if obj.name == IGNORE_ALL_CLASSES and obj.iscrowd and options.label_of:
+            # The schema's crowd regions belong to one class: a region to ignore for all of them is one per class.
+            labels = sorted(set(options.label_of.values()))
+        else:
+            labels = [options.label_of.get(obj.name, -1) if options.label_of else obj.label]
+        _check_object(obj, labels, width, height, issues, options, orientation_from, out)
+    return out
+
+
+def _check_object(
+    obj: SourceObject,
+    labels: list[int],
+    width: int,
+    height: int,
+    issues: RowIssues,
+    options: RowOptions,
+    orientation_from: tuple[int, int, int] | None,
+    out: dict[str, list],
+) -> None:
+    """Append ``obj``'s checked box to ``out`` once for each of ``labels``, or record why it is dropped."""
+    if labels[0] < 0:
+        issues.add("unknown_class", obj.record, f"class {obj.name!r} is not in {options.class_list}", boxes_lost=1)
+        return
+    if obj.difficult and not options.include_difficult:
+        issues.add("difficult_excluded", obj.record, "difficult box left out", boxes_lost=1)
+        return
+    box = obj.box
+    if obj.normalized:
+        box = scale_box(box, width, height)
+    elif orientation_from is not None:
+        box = exif_transpose_box(box, *orientation_from)
+    if not is_finite_box(box):
+        issues.add("malformed", obj.record, f"box with corners {_fmt_box(box)} is not finite", boxes_lost=1)
+        return
+    x0, y0, x1, y1 = box
+    if x1 < x0 or y1 < y0:
+        issues.add("box_degenerate", obj.record, f"box with corners {_fmt_box(box)} has them swapped", boxes_lost=1)
+        return
+    clipped = clip_box(box, width, height)
+    changed = max(abs(a - b) for a, b in zip(box, clipped)) > options.clip_tolerance
+    if clipped[2] - clipped[0] <= 0 or clipped[3] - clipped[1] <= 0:
+        why = "lies outside" if changed else "has no width or height in"
+        issues.add(
+            "box_degenerate", obj.record, f"box with corners {_fmt_box(box)} {why} the {width}x{height} image", 1
+        )
+        return
+    if changed:
+        issues.add(
+            "box_clipped",
+            obj.record,
+            f"box {_fmt_box(box)} extends beyond the {width}x{height} image; clipped to {_fmt_box(clipped)}",
+        )
+    x, y, w, h = xyxy_to_xywh(clipped)
+    for label in labels:
         out["id"].append(obj.source_id)
         out["area"].append(obj.area if obj.area is not None and not changed else w * h)
         out["bbox"].append([x, y, w, h])
@@ -132,7 +154,6 @@ def check_objects(
         out["iscrowd"].append(obj.iscrowd)
         out["difficult"].append(obj.difficult)
         out["truncated"].append(obj.truncated)
-    return out
 
 
 def _image_source(unit: SourceImage) -> tuple[io.BufferedIOBase, bytes | None]:
@@ -143,32 +164,45 @@ def _image_source(unit: SourceImage) -> tuple[io.BufferedIOBase, bytes | None]:
     return io.BytesIO(data), data
 
 
-def _to_8bit(image: PIL.Image.Image) -> PIL.Image.Image:
-    """16-bit (and 32-bit) images to 8-bit the way OpenCV reads them (top 8 bits); float images in [0, 1] scaled."""
-    array = np.asarray(image)
-    if image.mode == "F":
-        array = array * 255.0 if array.size and float(np.nanmax(array)) <= 1.0 else array
-        return PIL.Image.fromarray(np.clip(np.nan_to_num(array), 0, 255).astype(np.uint8))
-    return PIL.Image.fromarray(np.clip(array.astype(np.int64) >> 8, 0, 255).astype(np.uint8))
+@contextmanager
+def pil_pixel_limit_lifted() -> Iterator[None]:
+    """PIL's global pixel limit lifted for the block (restored after), so :func:`check_pixels` can apply ours.
+    PIL reads its limit at ``open`` and again while decoding some formats (GIF frames)."""
+    saved = PIL.Image.MAX_IMAGE_PIXELS
+    PIL.Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        PIL.Image.MAX_IMAGE_PIXELS = saved
 
 
-def open_image(unit: SourceImage, verify: bool) -> tuple[dict, tuple[int, int], int, str | None]:
+def check_pixels(size: tuple[int, int], max_image_pixels: int | None) -> None:
+    """Raise ``ValueError`` when an image of ``size`` has more than ``max_image_pixels`` pixels."""
+    w, h = size
+    if max_image_pixels is not None and w * h > max_image_pixels:
+        raise ValueError(
+            f"{w}x{h} = {w * h} pixels is more than max_image_pixels={max_image_pixels}; pass a larger "
+            "max_image_pixels (None for no limit) to accept it"
+        )
+
+
+def open_image(
+    unit: SourceImage, verify: bool, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[dict, tuple[int, int], int, str | None]:
     """The ``image`` column value, the stored size, the EXIF orientation and a note if the pixels were converted.
 
-    Raises ``OSError``/``ValueError`` (and PIL's errors) when the image does not decode.
+    Raises ``OSError``/``ValueError`` (and PIL's errors) when the image does not decode or has more pixels than
+    ``max_image_pixels``.
     """
     fp, data = _image_source(unit)
-    with fp, warnings.catch_warnings():
-        warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+    with fp, pil_pixel_limit_lifted():
         image = PIL.Image.open(fp)
         size = image.size
-        try:
-            orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1) or 1)
-        except Exception:  # a broken EXIF block: the pixels are still fine
-            orientation = 1
-        if image.mode in _HIGH_DEPTH_MODES:
+        check_pixels(size, max_image_pixels)
+        orientation = exif_orientation(image)
+        if image.mode in HIGH_DEPTH_MODES:
             image.load()
-            converted = _to_8bit(PIL.ImageOps.exif_transpose(image))
+            converted = high_depth_to_8bit(PIL.ImageOps.exif_transpose(image))
             buffer = io.BytesIO()
             converted.save(buffer, format="PNG")
             name = PurePosixPath(unit.file_name).with_suffix(".png").as_posix()
@@ -202,7 +236,9 @@ def build_row(unit: SourceImage, options: RowOptions) -> dict:
     issues = RowIssues(unit.ann_file)
     record = unit.record or unit.file_name
     try:
-        image_value, (raw_w, raw_h), orientation, note = open_image(unit, options.verify_images)
+        image_value, (raw_w, raw_h), orientation, note = open_image(
+            unit, options.verify_images, options.max_image_pixels
+        )
     except Exception as e:  # PIL raises many types for corrupt data; all mean "does not decode"
         where = unit.path or f"imageData of {unit.embedded_in}"
         issues.add("image_undecodable", record, f"{where} does not decode ({e})", boxes_lost=len(unit.objects))
@@ -229,6 +265,8 @@ def build_row(unit: SourceImage, options: RowOptions) -> dict:
                 f"declared size {declared[0]}x{declared[1]}, but {unit.file_name} is {width}x{height}; "
                 "boxes kept in pixels of the image",
             )
+    if orientation != 1 and orientation_from is None:
+        issues.add("exif_orientation", record, _orientation_note(orientation, (raw_w, raw_h), declared))
     objects = check_objects(unit.objects, width, height, issues, options, orientation_from)
     return {
         "image_id": unit.image_id,
@@ -240,6 +278,22 @@ def build_row(unit: SourceImage, options: RowOptions) -> dict:
         ISSUES_COLUMN: issues.to_json(),
         KEEP_COLUMN: True,
     }
+
+
+def _orientation_note(orientation: int, stored: tuple[int, int], declared: tuple[int, int] | None) -> str:
+    """Why the boxes of an image with EXIF ``orientation`` were taken on the image as shown, not as stored."""
+    raw_w, raw_h = stored
+    width, height = (raw_h, raw_w) if orientation in SWAPPING_ORIENTATIONS else (raw_w, raw_h)
+    if declared == (width, height) and (width, height) != (raw_w, raw_h):
+        why = "the declared size is the shown image's"
+    elif declared is not None and declared != (width, height):
+        why = "the declared size matches neither frame"
+    else:
+        why = "assumed: nothing in the annotations tells which frame the boxes were drawn on"
+    return (
+        f"EXIF orientation {orientation}: boxes taken on the image as shown ({width}x{height}), not on the stored "
+        f"{raw_w}x{raw_h} pixels ({why})"
+    )
 
 
 SHARD_SIZE = 256  # images per shard: the unit of work handed to a worker process

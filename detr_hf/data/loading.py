@@ -13,7 +13,6 @@ import io
 import json
 import os
 import pickle
-import random
 import re
 import tempfile
 from collections import Counter
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .conversion import (
+    DEFAULT_MAX_IMAGE_PIXELS,
     ISSUES_COLUMN,
     KEEP_COLUMN,
     RowIssues,
@@ -37,10 +37,19 @@ from .conversion import (
     check_objects,
     generate_rows,
     make_shards,
+    pil_pixel_limit_lifted,
     working_features,
 )
+from .decode import exif_orientation
 from .formats import READERS, canonical_format, detect_format, is_saved_dataset
-from .formats.base import ReadContext, SourceCategory, SourceData, SourceObject, normalize_split_name
+from .formats.base import (
+    IGNORE_ALL_CLASSES,
+    ReadContext,
+    SourceCategory,
+    SourceData,
+    SourceObject,
+    normalize_split_name,
+)
 from .formats.geometry import SWAPPING_ORIENTATIONS, xywh_to_xyxy
 from .report import REPORT_FILE_NAME, ConversionReport, DatasetValidationError, Issue, SplitCounts
 from .schema import (
@@ -66,10 +75,12 @@ def load_detection_dataset(
     images_dir: str | os.PathLike | None = None,
     class_names: Sequence[str] | None = None,
     val_fraction: float = 0.1,
-    seed: int = 0,
+    split_seed: int = 0,
     include_difficult: bool = True,
     strict: bool = False,
     verify_images: bool = True,
+    image_roots: Sequence[str | os.PathLike] = (),
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     num_proc: int | None = None,
     cache_dir: str | None = None,
     return_report: bool = False,
@@ -85,11 +96,19 @@ def load_detection_dataset(
         images_dir: where the images are, when not in the annotation folder. ``file_name`` is relative to it.
         class_names: the class list (and its order); classes outside it are reported and dropped. By default the
             source's own list, in its order (names found, sorted, when the source has none).
-        val_fraction, seed: when the source has no validation split, this fraction of ``train`` becomes
-            ``validation``, chosen by ``seed`` (0 for none).
+        val_fraction, split_seed: when the source has no validation split, about this fraction of ``train`` (0 for
+            none; at least one image) becomes ``validation``: the images whose hash of ``file_name`` and
+            ``split_seed`` falls below it. An image keeps its split when images are added or removed.
         include_difficult: keep VOC ``difficult`` boxes (flagged in ``objects.difficult``).
         strict: raise :class:`DatasetValidationError` on the first fix instead of fixing and reporting it.
         verify_images: decode every image (cheaply, JPEGs at 1/8 scale) so corrupt files are found now.
+        image_roots: folders images may also be read from. By default an annotation naming an image outside the
+            source folder and ``images_dir`` (``../../x.png``, an absolute path) raises, so a downloaded dataset
+            cannot pull other files into the dataset; for a saved or Hub dataset, images stored by path must lie in
+            its folder (or the ``datasets`` cache).
+        max_image_pixels: images of an annotation folder with more pixels are reported ``image_undecodable``; the
+            default is what PIL opens by default (it warns above half of it); ``None`` for no limit. Images beyond PIL's own limit also need
+            ``PIL.Image.MAX_IMAGE_PIXELS`` raised wherever the dataset is decoded later.
         num_proc: worker processes for the image checks.
         cache_dir: where the Arrow files go (the ``datasets`` cache by default).
         return_report: also return the :class:`ConversionReport`.
@@ -97,8 +116,14 @@ def load_detection_dataset(
         format_options: passed to the reader (``one_based=False`` for VOC files with 0-based corners; ``files=[...]``
             to pick COCO files), or to ``datasets.load_dataset`` for a Hub dataset.
     """
+    if "seed" in format_options:
+        raise TypeError(
+            "load_detection_dataset(seed=...) is now split_seed=...: the validation split no longer follows the "
+            "training seed"
+        )
     fmt = canonical_format(format)
     path = Path(source)
+    image_roots = [Path(r) for r in image_roots]
     if fmt == "auto":
         if path.exists():
             fmt = detect_format(path.parent if path.is_file() else path)
@@ -111,15 +136,21 @@ def load_detection_dataset(
             raise DatasetValidationError(f"{source}: pass the folder holding the annotations, not a file")
         format_options.setdefault("files", [path.name])
         path = path.parent
+        if path.name.lower() == "annotations":  # COCO's layout: the dataset folder holds annotations/ and images
+            image_roots.append(path.parent)
     if fmt in ("saved", "hub"):
         if fmt == "hub" and cache_dir is not None:
             format_options.setdefault("cache_dir", cache_dir)
-        dataset, report = _load_existing(source, fmt, class_names, val_fraction, seed, strict, num_proc, format_options)
+        dataset, report = _load_existing(
+            source, fmt, class_names, val_fraction, split_seed, strict, num_proc, image_roots, format_options
+        )
     else:
+        options = RowOptions(
+            verify_images=verify_images, include_difficult=include_difficult, max_image_pixels=max_image_pixels
+        )
         dataset, report = _convert(
-            path, fmt, Path(images_dir) if images_dir else path, class_names, val_fraction, seed,
-            RowOptions(verify_images=verify_images, include_difficult=include_difficult), strict,
-            num_proc, cache_dir, format_options,
+            path, fmt, Path(images_dir) if images_dir else path, image_roots, class_names, val_fraction, split_seed,
+            options, strict, num_proc, cache_dir, format_options,
         )  # fmt: skip
     if verbose:
         print(report)
@@ -131,6 +162,8 @@ def save_detection_dataset(
 ) -> Path:
     """``save_to_disk`` plus ``categories.json`` (the category mapping) and ``conversion_report.json`` beside it."""
     output_dir = Path(output_dir)
+    if isinstance(dataset, DatasetDict) and not dataset:
+        raise DatasetValidationError(f"nothing to save to {output_dir}: the dataset has no splits")
     dataset.save_to_disk(str(output_dir))
     first = dataset[next(iter(dataset))] if isinstance(dataset, DatasetDict) else dataset
     get_category_mapping(first).save(output_dir)
@@ -172,9 +205,10 @@ def _convert(
     root: Path,
     fmt: str,
     images_root: Path,
+    image_roots: list[Path],
     class_names: Sequence[str] | None,
     val_fraction: float,
-    seed: int,
+    split_seed: int,
     options: RowOptions,
     strict: bool,
     num_proc: int | None,
@@ -186,12 +220,13 @@ def _convert(
         raise DatasetValidationError(f"{root}: not a folder")
     if not images_root.is_dir():
         raise DatasetValidationError(f"{images_root}: images_dir is not a folder")
-    ctx = ReadContext(root, images_root, report, strict=strict)
+    ctx = ReadContext(root, images_root, report, strict=strict, image_roots=image_roots)
     data = READERS[fmt](ctx, **format_options)
     out = DatasetDict()
     with tempfile.TemporaryDirectory(prefix="detr_hf_convert_") as spill_dir:
         spill = os.path.join(spill_dir, "annotations.pickles")
-        names, mapping, splits = _plan(data, ctx, class_names, val_fraction, seed, spill)
+        names, mapping, splits = _plan(data, ctx, class_names, val_fraction, split_seed, spill)
+        _refuse_empty(root, fmt, sum(map(len, splits.values())), names, report)
         report.class_names = names
         features = detection_features(names)
         shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
@@ -203,6 +238,7 @@ def _convert(
             set_category_mapping(dataset, mapping)
             out[split] = dataset
     _count(out, report)
+    _refuse_empty(root, fmt, report.num_images, names, report)
     first = next(iter(out.values()), None)
     if first is not None and first.cache_files:
         report.save(Path(first.cache_files[0]["filename"]).parent / REPORT_FILE_NAME)
@@ -227,7 +263,7 @@ def _plan(
     ctx: ReadContext,
     class_names: Sequence[str] | None,
     val_fraction: float,
-    seed: int,
+    split_seed: int,
     spill: str,
 ) -> tuple[list[str], CategoryMapping, dict[str, list[tuple]]]:
     """Consume the reader's images: report missing and duplicate images and pickle the others into the ``spill``
@@ -253,7 +289,7 @@ def _plan(
                       boxes_lost=len(image.objects))  # fmt: skip
             continue
         seen[key] = image.ann_file
-        names_found.update(o.name for o in image.objects)
+        names_found.update(o.name for o in image.objects if o.name != IGNORE_ALL_CLASSES)
         ids = [o.source_id for o in image.objects if o.source_id is not None]
         max_object_id = max(max_object_id, *ids) if ids else max_object_id
         max_image_id = max(max_image_id, image.image_id or 0)
@@ -280,16 +316,23 @@ def _plan(
         ]
     )  # fmt: skip
     records.sort(key=lambda r: r.file_name)
+    splits = [r.split or "train" for r in records]
+    if "validation" not in splits:
+        train = [k for k, split in enumerate(splits) if split == "train"]
+        chosen = carve_validation([records[k].file_name for k in train], val_fraction, split_seed, ctx.report)
+        for k, to_validation in zip(train, chosen):
+            splits[k] = "validation" if to_validation else "train"
     next_image, next_object = max_image_id + 1, max_object_id + 1
-    entries: dict[str | None, list[tuple]] = {}
-    for r in records:
+    entries: dict[str, list[tuple]] = {}
+    for r, split in zip(records, splits):
         image_id = r.image_id
         if image_id is None:
             image_id, next_image = next_image, next_image + 1
         first_object_id = next_object if r.needs_object_ids else 0
         next_object += r.n_objects if r.needs_object_ids else 0
-        entries.setdefault(r.split, []).append((image_id, first_object_id, r.offset, r.length, r.digest))
-    return names, mapping, _split(entries, val_fraction, seed, ctx.report)
+        entries.setdefault(split, []).append((image_id, first_object_id, r.offset, r.length, r.digest))
+    ordered = [s for s in _SPLIT_ORDER if s in entries] + sorted(s for s in entries if s not in _SPLIT_ORDER)
+    return names, mapping, {s: entries[s] for s in ordered}
 
 
 def _class_names(
@@ -308,27 +351,53 @@ def _class_names(
     return names
 
 
-def _split(
-    entries: dict[str | None, list], val_fraction: float, seed: int, report: ConversionReport
-) -> dict[str, list]:
-    """The source's splits (records without one are ``train``), plus a seeded ``validation`` carved from ``train``
-    when the source has none."""
-    groups: dict[str, list] = {}
-    for split, items in entries.items():
-        groups.setdefault(split or "train", []).extend(items)
-    if "validation" not in groups and val_fraction > 0 and len(groups.get("train", [])) >= 2:
-        train = groups["train"]
-        n_val = min(len(train) - 1, max(1, round(len(train) * val_fraction)))
-        order = list(range(len(train)))
-        random.Random(seed).shuffle(order)
-        chosen = set(order[:n_val])
-        groups["validation"] = [item for k, item in enumerate(train) if k in chosen]
-        groups["train"] = [item for k, item in enumerate(train) if k not in chosen]
+def _split_score(key: str, split_seed: int) -> float:
+    """A number in [0, 1) fixed by ``key`` and ``split_seed`` alone (the same on every machine and run)."""
+    digest = hashlib.blake2b(f"{split_seed}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def carve_validation(
+    keys: Sequence[str], val_fraction: float, split_seed: int, report: ConversionReport | None = None
+) -> list[bool]:
+    """Which of the ``train`` records named by ``keys`` (file names) become ``validation``: those whose seeded hash
+    falls below ``val_fraction``, so a record keeps its split when others are added or removed. At least one goes to
+    validation and one stays in train when there are two or more; none when ``val_fraction`` is 0."""
+    chosen = [False] * len(keys)
+    if val_fraction <= 0 or len(keys) < 2:
+        return chosen
+    scores = [_split_score(k, split_seed) for k in keys]
+    chosen = [score < val_fraction for score in scores]
+    if not any(chosen):
+        chosen[scores.index(min(scores))] = True
+    elif all(chosen):
+        chosen[scores.index(max(scores))] = False
+    if report is not None:
         report.notes.append(
-            f"validation: {n_val} of {len(train)} train images (val_fraction={val_fraction}, seed={seed})"
+            f"validation: {sum(chosen)} of {len(keys)} train images, by a hash of their file names "
+            f"(val_fraction={val_fraction}, split_seed={split_seed})"
         )
-    ordered = [s for s in _SPLIT_ORDER if s in groups] + sorted(s for s in groups if s not in _SPLIT_ORDER)
-    return {s: groups[s] for s in ordered}
+    return chosen
+
+
+def _refuse_empty(source: str | Path, fmt: str, n_images: int, names: list[str], report: ConversionReport) -> None:
+    """Raise when reading ``source`` as ``fmt`` gave no image or no class: nothing a model can be trained on."""
+    if n_images and names:
+        return
+    found = f"{n_images} images and {len(names)} classes"
+    issues = f"; issues: {report.kind_summary()}" if report.issue_counts else ""
+    hint = ""
+    if fmt not in ("saved", "hub"):
+        try:
+            detected = detect_format(source)
+        except DatasetValidationError:
+            detected = None
+        if detected is not None and detected != fmt:
+            hint = f"; the folder looks like {detected!r}: pass format={detected!r}"
+    raise DatasetValidationError(
+        f"{source}: reading it as {fmt!r} found {found}{issues}{hint}; a detection dataset needs images and a class "
+        "list"
+    )
 
 
 def _fingerprint(shards: list[bytes], split: str, features: Features, options: RowOptions) -> str:
@@ -413,12 +482,14 @@ def _load_existing(
     fmt: str,
     class_names: Sequence[str] | None,
     val_fraction: float,
-    seed: int,
+    split_seed: int,
     strict: bool,
     num_proc: int | None,
+    image_roots: list[Path],
     options: dict,
 ) -> tuple[DatasetDict, ConversionReport]:
     report = ConversionReport(source=str(source), format=fmt)
+    roots = [*image_roots, Path(source)] if Path(source).exists() else [*image_roots, *_download_dirs(options)]
     mapping = None
     if fmt == "saved":
         if not is_saved_dataset(Path(source)):
@@ -437,16 +508,18 @@ def _load_existing(
     if isinstance(loaded, Dataset):
         loaded = DatasetDict({"train": loaded})
     loaded = DatasetDict({normalize_split_name(k): v for k, v in loaded.items()})
-    if "validation" not in loaded and "train" in loaded and val_fraction > 0 and len(loaded["train"]) >= 2:
-        parts = loaded["train"].train_test_split(test_size=val_fraction, seed=seed)
-        loaded["train"], loaded["validation"] = parts["train"], parts["test"]
-        report.notes.append(
-            f"validation: {len(parts['test'])} train records (val_fraction={val_fraction}, seed={seed})"
-        )
+    if "validation" not in loaded and "train" in loaded:
+        train = loaded["train"]
+        chosen = carve_validation(_split_keys(train), val_fraction, split_seed, report)
+        if any(chosen):
+            loaded["validation"] = train.select([k for k, c in enumerate(chosen) if c])
+            loaded["train"] = train.select([k for k, c in enumerate(chosen) if not c])
     out = DatasetDict()
     for split in [s for s in _SPLIT_ORDER if s in loaded] + sorted(s for s in loaded if s not in _SPLIT_ORDER):
         source_mapping = mapping or _stored_mapping(loaded[split])
-        ds, issues = cast_to_detection_schema(loaded[split], class_names, strict=strict, num_proc=num_proc)
+        ds, issues = cast_to_detection_schema(
+            loaded[split], class_names, strict=strict, num_proc=num_proc, image_roots=roots
+        )
         for issue in issues:
             issue.split = split
             report.add(issue)
@@ -454,7 +527,26 @@ def _load_existing(
             set_category_mapping(ds, _remap(source_mapping, class_names_of(ds)))
         out[split] = ds
     _count(out, report)
+    _refuse_empty(source, fmt, report.num_images, report.class_names, report)
     return out, report
+
+
+def _split_keys(dataset: Dataset) -> list[str]:
+    """What the validation split hashes, per row: ``file_name``, else ``image_id``, else the row's position."""
+    for column in ("file_name", "image_id"):
+        if column in dataset.column_names:
+            values = dataset.select_columns([column]).with_format("arrow")[:].column(column).to_pylist()
+            return [str(v) if v is not None else f"#{k}" for k, v in enumerate(values)]
+    return [f"#{k}" for k in range(len(dataset))]
+
+
+def _download_dirs(options: dict) -> list[Path]:
+    """Where ``datasets.load_dataset`` puts a Hub dataset's files: images stored by path must lie there."""
+    import datasets.config
+    from huggingface_hub import constants
+
+    dirs = [Path(datasets.config.HF_DATASETS_CACHE), Path(constants.HF_HUB_CACHE)]
+    return dirs + ([Path(options["cache_dir"])] if options.get("cache_dir") else [])
 
 
 def _stored_mapping(dataset: Dataset) -> CategoryMapping | None:
@@ -531,14 +623,54 @@ def _source_class_names(
     return [str(i) for i in range(int(max(values, default=-1)) + 1)]
 
 
-def _image_size(value: dict | None) -> tuple[int, int] | None:
-    """Displayed (EXIF-applied) size from an undecoded ``Image`` value, reading only the header."""
-    if not value:
-        return None
-    with PIL.Image.open(value["path"] if value.get("bytes") is None else io.BytesIO(value["bytes"])) as im:
+def _image_size(value: dict) -> tuple[tuple[int, int], int]:
+    """Displayed (EXIF-applied) size and EXIF orientation of an undecoded ``Image`` value, reading only the header
+    (so PIL's pixel limit, which guards decoding, is not needed)."""
+    source = value["path"] if value.get("bytes") is None else io.BytesIO(value["bytes"])
+    with pil_pixel_limit_lifted(), PIL.Image.open(source) as im:
         w, h = im.size
-        orientation = int(im.getexif().get(0x0112, 1) or 1)
-    return (h, w) if orientation in SWAPPING_ORIENTATIONS else (w, h)
+        orientation = exif_orientation(im)
+    return ((h, w) if orientation in SWAPPING_ORIENTATIONS else (w, h)), orientation
+
+
+def _is_under(path: str, roots: Sequence[Path]) -> bool:
+    path = os.path.abspath(path)
+    return any(path.startswith(str(r.absolute()).rstrip(os.sep) + os.sep) for r in roots)
+
+
+def _check_image_paths(dataset: Dataset, roots: Sequence[Path]) -> None:
+    """Raise if an image stored by path only (no bytes) is a local file outside ``roots``: decoding it would read
+    (and pushing the dataset would upload) a file that is not part of the dataset."""
+    if "image" not in dataset.column_names:
+        return
+    for start in range(0, len(dataset), 10_000):
+        column = dataset.select_columns(["image"]).with_format("arrow")[start : start + 10_000].column("image")
+        if hasattr(column.type, "get_field_index"):  # {bytes, path}: only a path without bytes is read
+            column = column.combine_chunks()
+            by_path = pc.is_null(column.field("bytes")).to_pylist()
+            paths = [p if read else None for p, read in zip(column.field("path").to_pylist(), by_path)]
+        else:
+            paths = column.to_pylist()
+        for k, path in enumerate(paths):
+            local = (path or "").split("::")[-1]
+            if local and "://" not in local and not _is_under(local, roots):
+                raise DatasetValidationError(
+                    f"row {start + k}: image {path!r} is stored by path only, outside the dataset folder "
+                    f"({', '.join(str(r) for r in roots) or 'none allowed'}): not read. Store the image bytes, or "
+                    "allow its folder with image_roots=[...]"
+                )
+
+
+def _categories_in_range(dataset: Dataset, key: str, as_list: bool, n_classes: int) -> bool:
+    """Whether every category value of the ``objects`` column is a label 0..n_classes-1."""
+    for objects in dataset.select_columns(["objects"]).with_format("arrow").iter(batch_size=10_000):
+        column = objects.column("objects").combine_chunks()
+        cats = pc.list_flatten(column).field(key) if as_list else pc.list_flatten(column.field(key))
+        if len(cats) and cats.null_count < len(cats):
+            low, high = pc.min_max(cats).values()
+            if low.as_py() < 0 or high.as_py() >= n_classes:
+                return False
+    return True
 
 
 def cast_to_detection_schema(
@@ -547,19 +679,24 @@ def cast_to_detection_schema(
     *,
     strict: bool = False,
     num_proc: int | None = None,
+    image_roots: Sequence[str | os.PathLike] | None = None,
 ) -> tuple[Dataset, list[Issue]]:
     """Bring a dataset near the schema (``categories`` for ``category``, plain ints or strings for classes, missing
     ``id``/``area``/``iscrowd``/``file_name``/``width``/``height``, list of structs) into it, checking every box.
 
-    Boxes must be absolute COCO ``[x, y, w, h]``. A dataset already in the schema is returned as it is.
+    Boxes must be absolute COCO ``[x, y, w, h]``; an integer category outside the class list (negative, or past its
+    end) is an ``unknown_class`` fix. A dataset already in the schema, with every category in range, is returned as
+    it is. With ``image_roots``, images stored by path only must lie under one of them (else this raises).
     """
     issues: list[Issue] = []
+    if image_roots is not None:
+        _check_image_paths(dataset, [Path(r) for r in image_roots])
     inner, as_list = _objects_feature(dataset.features)
     cat_key, bbox_key = _pick(inner, _CATEGORY_KEYS, "category"), _pick(inner, _BBOX_KEYS, "bbox")
     source_names = _source_class_names(dataset, cat_key, inner[cat_key], as_list, class_names, issues)
     names = [str(n) for n in class_names] if class_names is not None else source_names
     features = detection_features(names)
-    if dataset.features == features:
+    if dataset.features == features and _categories_in_range(dataset, cat_key, as_list, len(names)):
         return dataset, issues
     label_of = {n: i for i, n in enumerate(names)}
     row_options = RowOptions()
@@ -576,22 +713,28 @@ def cast_to_detection_schema(
             file_name = file_name or (Path(image["path"]).name if image and image.get("path") else f"row {index}")
             row_issues = RowIssues(file_name)
             size = (batch["width"][k], batch["height"][k]) if {"width", "height"} <= has else None
-            actual = _image_size(image) if image else None
+            actual, orientation = _image_size(image) if image else (None, 1)
             if actual is not None and size is not None and tuple(size) != actual:
                 row_issues.add(
                     "size_mismatch", f"row {index}", f"width/height {size[0]}x{size[1]}, image {actual[0]}x{actual[1]}"
                 )
+            if orientation != 1:
+                row_issues.add(
+                    "exif_orientation", f"row {index}",
+                    f"EXIF orientation {orientation}: boxes taken on the image as shown ({actual[0]}x{actual[1]})",
+                )  # fmt: skip
             width, height = actual or size or (0, 0)
             source = []
             n = len(objects.get(bbox_key) or [])
             for j in range(n):
                 record = f"row {index}, object {j}"
                 category = objects[cat_key][j]
-                name = (
-                    source_names[category]
-                    if isinstance(category, int) and category < len(source_names)
-                    else str(category)
-                )
+                if isinstance(category, int) and not 0 <= category < len(source_names):
+                    row_issues.add(
+                        "unknown_class", record, f"category {category} is not a label 0..{len(source_names) - 1}", 1
+                    )
+                    continue
+                name = source_names[category] if isinstance(category, int) else str(category)
                 if name not in label_of:
                     row_issues.add("unknown_class", record, f"class {name!r} is not in the class list", 1)
                     continue

@@ -34,6 +34,13 @@ ISSUE_KINDS: dict[str, tuple[bool, str]] = {
     "image_converted": (False, "16-bit or float image stored as 8-bit"),
     "shape_to_box": (False, "polygon, rotated box or mask stored as its enclosing box"),
     "difficult_excluded": (False, "difficult box left out (include_difficult=False)"),
+    "label_ambiguous": (True, "label file claimed by more than one image; kept for the first only"),
+    "label_matched_by_stem": (False, "label file found by its stem in the image's split, not beside the image"),
+    "shapes_merged": (False, "shapes sharing a label and group_id merged into one box"),
+    "ignore_region": (False, "region marked to be ignored stored as a crowd (ignore) region, not a class"),
+    "path_relocated": (False, "image path written on another machine matched by its longest existing tail"),
+    "exif_orientation": (False, "EXIF orientation tag read; the frame boxes were drawn in was assumed"),
+    "split_skipped": (True, "split folder not listed in the config and excluded; its images and boxes not read"),
 }
 
 
@@ -161,7 +168,7 @@ class ConversionReport:
         path = Path(path)
         if path.is_dir():
             path = path / REPORT_FILE_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2))
+        path.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
         return path
 
     @classmethod
@@ -169,7 +176,7 @@ class ConversionReport:
         path = Path(path)
         if path.is_dir():
             path = path / REPORT_FILE_NAME
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
         for key in ("num_images", "num_boxes", "boxes_read"):
             data.pop(key, None)
         data["splits"] = {k: SplitCounts(**v) for k, v in data.get("splits", {}).items()}

@@ -104,7 +104,7 @@ class CategoryMapping:
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / CATEGORIES_FILE_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2))
+        path.write_text(json.dumps(self.to_dict(), indent=2), encoding="utf-8")
         return path
 
     @classmethod
@@ -112,7 +112,7 @@ class CategoryMapping:
         path = Path(path)
         if path.is_dir():
             path = path / CATEGORIES_FILE_NAME
-        return cls.from_dict(json.loads(path.read_text()))
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8-sig")))
 
 
 def get_category_mapping(dataset: Dataset) -> CategoryMapping:

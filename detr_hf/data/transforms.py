@@ -27,6 +27,8 @@ import numpy as np
 from albumentations.augmentations.crops.transforms import BaseCrop
 from PIL import Image, ImageOps
 
+from .decode import exif_orientation
+
 __all__ = [
     "BBOX_LABEL_FIELDS",
     "PRESETS",
@@ -256,7 +258,6 @@ def build_transforms(
 
 # ------------------------------------------------------------------------------------------------ dataset -> arrays
 _GRAY_MODES = {"1": "L", "L": "L", "LA": "L"}
-_EXIF_ORIENTATION = 0x0112
 
 
 def _decode(image: Any, image_id: Any) -> np.ndarray:
@@ -269,7 +270,7 @@ def _decode(image: Any, image_id: Any) -> np.ndarray:
     elif isinstance(image, (str, os.PathLike)):
         image = Image.open(image)
     if isinstance(image, Image.Image):
-        if image.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # datasets' Image feature has usually done this already
+        if exif_orientation(image) != 1:  # datasets' Image feature has usually done this already
             image = ImageOps.exif_transpose(image)
         if image.mode.startswith("I") or image.mode == "F":
             raise ValueError(
@@ -347,6 +348,13 @@ class DetectionTransform:
         info = torch.utils.data.get_worker_info()
         seed = info.seed if info is not None else random.SystemRandom().getrandbits(63)
         self.transforms.set_random_seed(seed % 2**32)
+
+    def set_random_seed(self, seed: int) -> None:
+        """Seeds the augmentation pipeline. In a DataLoader worker an explicit seed wins over the worker's own
+        reseed, which would otherwise replace it at the worker's first call."""
+        if self.transforms is not None:
+            self.transforms.set_random_seed(seed)
+        self._pid = os.getpid()
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         self._reseed_in_new_process()

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..report import DatasetValidationError
-from . import coco, csv_table, cvat, labelme, openimages, voc, yolo
+from . import coco, csv_table, cvat, labelme, labelme_xml, openimages, voc, yolo
 from .base import ReadContext, SourceData
 
 READERS: dict[str, Callable[..., SourceData]] = {
@@ -18,6 +18,7 @@ READERS: dict[str, Callable[..., SourceData]] = {
     "voc": voc.read,
     "yolo": yolo.read,
     "labelme": labelme.read,
+    "labelme_xml": labelme_xml.read,
     "cvat": cvat.read,
     "csv": csv_table.read,
     "openimages": openimages.read,
@@ -32,6 +33,9 @@ ALIASES = {
     "cvat_images": "cvat",
     "coco_json": "coco",
     "open_images": "openimages",
+    "labelme3": "labelme_xml",
+    "mit_labelme": "labelme_xml",
+    "labelme_3_0": "labelme_xml",
     "save_to_disk": "saved",
     "disk": "saved",
 }
@@ -73,6 +77,7 @@ def detect_format(root: str | Path) -> str:
         "cvat": len(cvat.find_files(root)),
         "voc": len(voc.find_files(root)),
         "labelme": len(labelme.find_files(root)),
+        "labelme_xml": len(labelme_xml.find_files(root)),
         "csv": len(csv_table.find_files(root)),
         "openimages": len(openimages.find_files(root)),
         "yolo": _yolo_evidence(root),
@@ -88,7 +93,7 @@ def detect_format(root: str | Path) -> str:
                 "YOLO from your tool instead"
             )
         raise DatasetValidationError(
-            f"{root}: no annotations in a known format (COCO/LabelMe JSON, VOC/CVAT XML, YOLO txt, CSV) found"
+            f"{root}: no annotations in a known format (COCO/LabelMe JSON, VOC/CVAT/LabelMe XML, YOLO txt, CSV) found"
         )
     listing = ", ".join(f"{k} ({n} file{'s' if n > 1 else ''})" for k, n in found.items())
     raise DatasetValidationError(f"{root}: looks like several formats: {listing}; pass format= to choose one")

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from ..report import ConversionReport, Issue
+from ..report import ConversionReport, DatasetValidationError, Issue
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -49,6 +50,10 @@ def split_from_text(text: str) -> str | None:
         if token in _SPLIT_ALIASES:
             return _SPLIT_ALIASES[token]
     return None
+
+
+# A SourceObject of this name (with iscrowd=1) is a region to ignore for every class (LabelMe's ``__ignore__``).
+IGNORE_ALL_CLASSES = "__ignore__"
 
 
 @dataclass(slots=True)
@@ -140,6 +145,11 @@ class ImageIndex:
         return len(self.by_path)
 
 
+def _is_absolute(name: str) -> bool:
+    """A posix absolute path, or a Windows one (``C:/...``, ``//server/...``) written on another machine."""
+    return name.startswith("/") or re.match(r"^[A-Za-z]:/", name) is not None
+
+
 def _best_match(candidates: list[Path], wanted: PurePosixPath, split: str | None) -> Path | None:
     """Among same-named files, the one whose folders match ``wanted``'s, or its split's; None if still ambiguous."""
 
@@ -165,16 +175,26 @@ class ReadContext:
     """Where a reader reads: the source folder, the images folder, the report, the strictness.
 
     Paths are compared as absolute strings (``os.path.abspath``, no symlink resolution): cheap for a million files,
-    and a ``file_name`` stays the path the user sees under their folder.
+    and a ``file_name`` stays the path the user sees under their folder. Images are read only from inside the source
+    folder, the images folder and ``image_roots``: an annotation naming a file elsewhere (``../../x.png``, an absolute
+    path) is refused, so a downloaded dataset cannot pull the user's own files into a dataset (and onto the Hub).
     """
 
-    def __init__(self, root: Path, images_root: Path, report: ConversionReport, strict: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        images_root: Path,
+        report: ConversionReport,
+        strict: bool = False,
+        image_roots: Iterable[str | os.PathLike] = (),
+    ) -> None:
         self.root = root
         self.images_root = images_root
         self.report = report
         self.strict = strict
         self._root = os.path.abspath(root)
         self._images_root = os.path.abspath(images_root)
+        self._extra_roots = tuple(os.path.abspath(r) for r in image_roots)
         self._index: ImageIndex | None = None
 
     @property
@@ -187,8 +207,8 @@ class ReadContext:
     def _relative(path: str | Path, bases: tuple[str, ...]) -> str | None:
         path = os.path.abspath(path)
         for base in bases:
-            if path.startswith(base + os.sep):
-                return path[len(base) + 1 :].replace(os.sep, "/")
+            if path.startswith(base.rstrip(os.sep) + os.sep):
+                return path[len(base.rstrip(os.sep)) + 1 :].replace(os.sep, "/")
         return None
 
     def rel(self, path: str | Path) -> str:
@@ -196,8 +216,32 @@ class ReadContext:
         return self._relative(path, (self._root, self._images_root)) or Path(path).as_posix()
 
     def file_name(self, path: str | Path) -> str:
-        """An image's ``file_name``: its path relative to the images folder (or the source folder)."""
-        return self._relative(path, (self._images_root, self._root)) or Path(path).name
+        """An image's ``file_name``: its path relative to the images folder (or the source folder, or an image root)."""
+        return self._relative(path, (self._images_root, self._root, *self._extra_roots)) or Path(path).name
+
+    def is_inside(self, path: str | Path) -> bool:
+        """Whether images may be read from ``path``: inside the source folder, the images folder or an image root."""
+        return self._relative(path, (self._root, self._images_root, *self._extra_roots)) is not None
+
+    def check_inside(self, path: str | Path, written: str, ann_file: str = "", record: str = "") -> None:
+        """Raise :class:`DatasetValidationError` unless :meth:`is_inside` allows reading ``path``."""
+        if self.is_inside(path):
+            return
+        where = ": ".join(p for p in (ann_file, record) if p) or str(self.root)
+        raise DatasetValidationError(
+            f"{where}: image {written!r} is {os.path.abspath(path)}, outside the dataset folder {self._root}"
+            + (f" and the images folder {self._images_root}" if self._images_root != self._root else "")
+            + ": not read. Move the image into the dataset folder, or allow its folder with image_roots=[...]"
+            " (detr-hf convert --image-root)"
+        )
+
+    def parse_xml(self, path: str | Path) -> ET.Element | None:
+        """The root element of an XML annotation file, or None (a ``malformed`` fix) when it is not valid XML."""
+        try:
+            return ET.parse(path).getroot()
+        except ET.ParseError as e:
+            self.issue("malformed", self.rel(path), f"line {e.position[0]}", f"not valid XML ({e}); file skipped")
+            return None
 
     def issue(self, kind: str, file: str, record: str, message: str, boxes_lost: int = 0) -> None:
         """Record a fix or a note; under ``strict=True`` a fix raises instead."""
@@ -206,28 +250,61 @@ class ReadContext:
             raise issue.as_error()
         self.report.add(issue)
 
-    def resolve_image(self, name: str, *, base_dirs: tuple[Path, ...] = (), split: str | None = None) -> Path | None:
-        """Find the file an annotation names: next to it, under the images folder, or by its name anywhere there."""
+    def resolve_image(
+        self,
+        name: str,
+        *,
+        base_dirs: tuple[Path, ...] = (),
+        split: str | None = None,
+        ann_file: str = "",
+        record: str = "",
+    ) -> Path | None:
+        """Find the file an annotation names: next to it, under the images folder, or by its name anywhere there.
+
+        A path written on another machine (absolute, or leading out of the folder) that is not here is matched by
+        its longest path tail among the indexed images, and reported as ``path_relocated``. A path to an existing
+        file outside the dataset folder raises (see :meth:`check_inside`) unless nothing better is found inside.
+        ``ann_file`` and ``record`` locate the reference in messages.
+        """
         name = name.replace("\\", "/").strip()
         if not name:
             return None
-        if os.path.isabs(name):
-            return Path(name) if os.path.isfile(name) else None
         index = self.index
-        direct = os.path.normpath(os.path.join(self._images_root, name))
-        if direct in index.by_path:  # the common case: named relative to the images folder
-            return Path(direct)
-        candidates = [os.path.abspath(os.path.join(base, name)) for base in (*base_dirs, self.root)]
+        foreign = _is_absolute(name) or os.path.normpath(name).split("/")[0] == ".."
+        if _is_absolute(name):
+            candidates = [os.path.normpath(name)] if os.path.isabs(name) else []  # "C:/..." is never here
+        else:
+            direct = os.path.normpath(os.path.join(self._images_root, name))
+            if direct in index.by_path:  # the common case: named relative to the images folder
+                return Path(direct)
+            candidates = [os.path.abspath(os.path.join(base, name)) for base in (*base_dirs, self.root)]
         for candidate in candidates:
             if candidate in index.by_path:
                 return Path(candidate)
+        outside = None
         for candidate in candidates:  # files outside the indexed images folder
-            if not candidate.startswith(self._images_root + os.sep) and os.path.isfile(candidate):
-                return Path(candidate)
-        wanted = PurePosixPath(name)
-        matches = index.by_name.get(wanted.name)
+            if os.path.isfile(candidate):
+                if self.is_inside(candidate):
+                    return Path(candidate)
+                outside = outside or candidate
+        found = self._match_tail(PurePosixPath(name), split)
+        if found is not None:
+            if foreign or outside is not None:
+                self.issue(
+                    "path_relocated", ann_file or self.rel(found), record,
+                    f"image written as {name!r} {'lies outside the dataset folder' if outside else 'is not there'}; "
+                    f"used {self.rel(found)}, the image here with the longest matching path tail",
+                )  # fmt: skip
+            return found
+        if outside is not None:
+            self.check_inside(outside, name, ann_file, record)
+        return None
+
+    def _match_tail(self, wanted: PurePosixPath, split: str | None) -> Path | None:
+        """The indexed image whose path ends like ``wanted`` over the most folders (one, or None if tied)."""
+        matches = self.index.by_name.get(wanted.name)
         if not matches and not wanted.suffix:
-            matches = index.by_stem.get(wanted.name)
+            matches = self.index.by_stem.get(wanted.name)
         if not matches:
             return None
         if len(matches) == 1:
@@ -241,7 +318,9 @@ class ReadContext:
 
     def make_image(self, name: str, ann_file: str, *, base_dirs: tuple[Path, ...] = (), **fields) -> SourceImage:
         """A :class:`SourceImage` for the image ``name`` found as :meth:`resolve_image` does (``path`` None if not)."""
-        path = self.resolve_image(name, base_dirs=base_dirs, split=fields.get("split"))
+        path = self.resolve_image(
+            name, base_dirs=base_dirs, split=fields.get("split"), ann_file=ann_file, record=fields.get("record", "")
+        )
         if path is None:
             file_name = PurePosixPath(name.replace("\\", "/")).as_posix().lstrip("/")
             return SourceImage(file_name=file_name, ann_file=ann_file, **fields)

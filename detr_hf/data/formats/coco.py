@@ -36,8 +36,8 @@ def looks_like_coco(path: Path) -> bool:
     if path.stat().st_size <= (1 << 16):
         return False
     try:  # keys can come after a long "info"/"licenses" block; look at the whole file's top level
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError):
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return False
     return isinstance(data, dict) and "images" in data and "annotations" in data
 
@@ -62,13 +62,27 @@ def _split_names(files: list[Path]) -> dict[Path, str | None]:
     return names
 
 
-def _read_categories(data: dict, ann_file: str, known: dict[int, SourceCategory]) -> None:
-    for k, c in enumerate(data.get("categories") or []):
+def _list(data: dict, key: str, ann_file: str) -> list:
+    """``data[key]`` as a list (``[]`` when absent); anything else is not a COCO file."""
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise DatasetValidationError(f"{ann_file}: '{key}' must be a JSON list, got a JSON {_json_type(value)}")
+    return value
+
+
+def _json_type(value: object) -> str:
+    return {dict: "object", list: "list", str: "string", bool: "boolean"}.get(type(value), type(value).__name__)
+
+
+def _read_categories(categories: list, ann_file: str, known: dict[int, SourceCategory]) -> None:
+    for k, c in enumerate(categories):
         if not isinstance(c, dict) or "id" not in c or "name" not in c:
             raise DatasetValidationError(f"{ann_file}: categories[{k}] needs an 'id' and a 'name', got {c!r}")
         try:
             cid = int(c["id"])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise DatasetValidationError(f"{ann_file}: categories[{k}] has a non-integer id {c['id']!r}") from None
         name = str(c["name"])
         if cid in known and known[cid].name != name:
@@ -95,19 +109,34 @@ def _read_box(ann: dict) -> tuple[tuple[float, float, float, float], bool]:
 def read_file(path: Path, split: str | None, ctx: ReadContext, categories: dict[int, SourceCategory]) -> list:
     ann_file = ctx.rel(path)
     try:
-        data = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise DatasetValidationError(f"{ann_file}: not valid JSON ({e})") from None
-    _read_categories(data, ann_file, categories)
+    if not isinstance(data, dict):
+        raise DatasetValidationError(
+            f"{ann_file}: the top level is a JSON {_json_type(data)}; a COCO file is an object with 'images', "
+            "'annotations' and 'categories'"
+        )
+    entries, anns, cats = (_list(data, key, ann_file) for key in ("images", "annotations", "categories"))
+    if anns and not cats:
+        raise DatasetValidationError(
+            f"{ann_file}: {len(anns)} annotations but no 'categories' to name their classes; add the categories list"
+        )
+    _read_categories(cats, ann_file, categories)
     base_dirs = (path.parent, path.parent.parent, path.parent.parent / "images")
     images: dict[int, SourceImage] = {}
-    for k, entry in enumerate(data.get("images") or []):
+    for k, entry in enumerate(entries):
         record = f"images[{k}]"
+        if not isinstance(entry, dict):
+            ctx.issue("malformed", ann_file, record, f"a JSON {_json_type(entry)}, not an image object")
+            continue
         try:
             image_id = int(entry["id"])
-            name = str(entry["file_name"])
+            name = entry["file_name"]
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"file_name {name!r} is not a file name")
             size = (int(entry["width"]), int(entry["height"])) if entry.get("width") and entry.get("height") else None
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             ctx.issue("malformed", ann_file, record, f"image entry needs an integer id and a file_name ({e!r})")
             continue
         if image_id in images:
@@ -117,14 +146,18 @@ def read_file(path: Path, split: str | None, ctx: ReadContext, categories: dict[
             name, ann_file, base_dirs=base_dirs, image_id=image_id, declared_size=size, split=split,
             record=f"image id {image_id}",
         )  # fmt: skip
-    for k, ann in enumerate(data.get("annotations") or []):
-        record = f"annotation id {ann.get('id', '?')}" if isinstance(ann, dict) else f"annotations[{k}]"
+    for k, ann in enumerate(anns):
+        if not isinstance(ann, dict):
+            ctx.issue("malformed", ann_file, f"annotations[{k}]", f"a JSON {_json_type(ann)}, not an annotation object",
+                      boxes_lost=1)  # fmt: skip
+            continue
+        record = f"annotation id {ann.get('id', '?')}"
         try:
             image_id = int(ann["image_id"])
             category_id = int(ann["category_id"])
             box, from_polygon = _read_box(ann)
             ann_id = int(ann["id"]) if ann.get("id") is not None else None
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             ctx.issue("malformed", ann_file, record, f"unreadable annotation: {e}", boxes_lost=1)
             continue
         image = images.get(image_id)
@@ -242,5 +275,5 @@ def export_coco(
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(coco))
+        path.write_text(json.dumps(coco), encoding="utf-8")
     return coco

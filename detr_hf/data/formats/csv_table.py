@@ -3,6 +3,8 @@
 Corners are continuous pixel coordinates; ``width``/``height`` are optional. A row with an empty class and empty
 corners lists an image without boxes (a negative). Several CSV files are splits named after their files
 (``train.csv``, ``val.csv``). The delimiter (``,``, ``;`` or tab) is sniffed and a decimal comma is accepted.
+Files are read as UTF-8, with or without the byte-order mark Excel's "CSV UTF-8" writes; any other encoding raises,
+naming the line, rather than turning ``café`` into ``caf\ufffd``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from ..report import DatasetValidationError
 from ..schema import class_names_of
 from .base import ReadContext, SourceData, SourceImage, SourceObject, split_from_text
 from .geometry import format_number, parse_number, xywh_to_xyxy
+from .writing import check_crowd_policy, keep_object, safe_relative
 
 NAME = "csv"
 COLUMNS = ("filename", "width", "height", "class", "xmin", "ymin", "xmax", "ymax")
@@ -30,10 +33,26 @@ def sniff_dialect(head: str) -> type[csv.Dialect] | csv.Dialect:
 
 
 def header_of(path: Path) -> list[str]:
-    with open(path, newline="", errors="replace") as f:
+    """The header row, lower-cased, for detection: a byte-order mark is skipped and bytes that are not UTF-8 are
+    replaced here (reading the file then names the line that holds them)."""
+    with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
         head = f.read(4096)
     rows = list(csv.reader(head.splitlines()[:1], sniff_dialect(head)))
     return [c.strip().lower() for c in rows[0]] if rows else []
+
+
+def decode_error(path: Path, ann_file: str, error: UnicodeDecodeError) -> DatasetValidationError:
+    """The error for a CSV that is not UTF-8, naming the first line that is not (found by reading the bytes again)."""
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return DatasetValidationError(
+                    f"{ann_file}: line {number}: byte {line[e.start]:#04x} at column {e.start + 1} is not UTF-8 "
+                    f"({e.reason}); save the file as UTF-8 (Excel: 'CSV UTF-8')"
+                )
+    return DatasetValidationError(f"{ann_file}: not UTF-8 ({error}); save the file as UTF-8")
 
 
 def find_files(root: Path) -> list[Path]:
@@ -41,9 +60,17 @@ def find_files(root: Path) -> list[Path]:
 
 
 def read_file(path: Path, split: str | None, ctx: ReadContext) -> list[SourceImage]:
+    """The images one CSV lists. The file must be UTF-8 (a byte-order mark, as Excel writes, is fine)."""
     ann_file = ctx.rel(path)
+    try:
+        return _read_rows(path, split, ctx, ann_file)
+    except UnicodeDecodeError as e:
+        raise decode_error(path, ann_file, e) from None
+
+
+def _read_rows(path: Path, split: str | None, ctx: ReadContext, ann_file: str) -> list[SourceImage]:
     images: dict[str, SourceImage] = {}
-    with open(path, newline="", errors="replace") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f, sniff_dialect(f.read(4096)))
         f.seek(0)
         header = [c.strip().lower() for c in next(reader)]
@@ -96,19 +123,30 @@ def read(ctx: ReadContext) -> SourceData:
     return SourceData(images=(image for path, split in splits.items() for image in read_file(path, split, ctx)))
 
 
-def export_csv(dataset: Dataset, path: str | Path) -> Path:
-    """Write ``dataset`` as one CSV (a negative image gets one row with empty class and corners)."""
+def export_csv(dataset: Dataset, path: str | Path, *, crowd: str = "refuse") -> Path:
+    """Write ``dataset`` as one UTF-8 CSV (a negative image gets one row with empty class and corners).
+
+    The format cannot mark a crowd (ignore) region: ``crowd="refuse"`` raises when the dataset has one, ``"drop"``
+    leaves them out and ``"as_object"`` writes them as ordinary boxes. A ``file_name`` that would point outside the
+    CSV's folder (``../x.png``, ``/abs/x.png``) raises before anything is written.
+    """
     path = Path(path)
+    for i, name in enumerate(dataset["file_name"]):
+        safe_relative(name, f"record {i}")
+    check_crowd_policy(dataset, crowd, "CSV")
     path.parent.mkdir(parents=True, exist_ok=True)
     names = class_names_of(dataset)
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(COLUMNS)
         for row in dataset.select_columns(["file_name", "width", "height", "objects"]):
             objects = row["objects"]
-            if not objects["bbox"]:
+            kept = [j for j in range(len(objects["bbox"])) if keep_object(objects.get("iscrowd"), j, crowd)]
+            if not kept:
                 writer.writerow([row["file_name"], row["width"], row["height"], "", "", "", "", ""])
-            for bbox, label in zip(objects["bbox"], objects["category"]):
-                corners = [format_number(v) for v in xywh_to_xyxy(*bbox)]
-                writer.writerow([row["file_name"], row["width"], row["height"], names[label], *corners])
+            for j in kept:
+                corners = [format_number(v) for v in xywh_to_xyxy(*objects["bbox"][j])]
+                writer.writerow(
+                    [row["file_name"], row["width"], row["height"], names[objects["category"][j]], *corners]
+                )
     return path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..report import DatasetValidationError
 from .base import ReadContext, SourceData, SourceImage, SourceObject, split_from_text
-from .csv_table import header_of, sniff_dialect
+from .csv_table import decode_error, header_of, sniff_dialect
 from .geometry import parse_number
 
 NAME = "openimages"
@@ -26,10 +26,13 @@ def find_files(root: Path) -> list[Path]:
 def _class_descriptions(root: Path) -> dict[str, str]:
     names: dict[str, str] = {}
     for path in sorted(root.rglob("*class-descriptions*.csv")):
-        with open(path, newline="", errors="replace") as f:
-            for row in csv.reader(f):
-                if len(row) >= 2:
-                    names.setdefault(row[0].strip(), row[1].strip())
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                for row in csv.reader(f):
+                    if len(row) >= 2:
+                        names.setdefault(row[0].strip(), row[1].strip())
+        except UnicodeDecodeError as e:
+            raise decode_error(path, str(path.relative_to(root)), e) from None
     return names
 
 
@@ -42,8 +45,17 @@ def _flag(text: str) -> int:
 
 def read_file(path: Path, split: str | None, ctx: ReadContext, names: dict[str, str]) -> list[SourceImage]:
     ann_file = ctx.rel(path)
+    try:
+        return _read_rows(path, split, ctx, names, ann_file)
+    except UnicodeDecodeError as e:
+        raise decode_error(path, ann_file, e) from None
+
+
+def _read_rows(
+    path: Path, split: str | None, ctx: ReadContext, names: dict[str, str], ann_file: str
+) -> list[SourceImage]:
     images: dict[str, SourceImage] = {}
-    with open(path, newline="", errors="replace") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f, sniff_dialect(f.read(4096)))
         f.seek(0)
         header = [c.strip().lower() for c in next(reader)]

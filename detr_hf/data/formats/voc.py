@@ -1,9 +1,14 @@
 """Pascal VOC XML: one ``<annotation>`` file per image; read and write.
 
-VOC corners are 1-based inclusive pixel indices (see :func:`~detr_hf.data.formats.geometry.voc_to_xyxy`); pass
-``one_based=False`` for files whose tool wrote 0-based corners instead (CVAT and Datumaro exports do). ``difficult`` and
+VOC corners are 1-based inclusive pixel indices (see :func:`~detr_hf.data.formats.geometry.voc_to_xyxy`). CVAT's
+"PASCAL VOC 1.1" and Datumaro exports, which write a ``labelmap.txt`` beside ``Annotations/``, write their continuous
+(COCO-like) box corners unchanged instead: with a ``labelmap.txt`` the corners are read 0-based, so the same CVAT task
+gives the same boxes exported as VOC or as COCO. ``one_based=True``/``False`` overrides the guess. ``difficult`` and
 ``truncated`` are kept as object fields. Splits come from ``ImageSets/Main/{train,val,test}.txt`` when present; the
-class list from ``labelmap.txt`` (Datumaro) when present, else the names found, sorted.
+class list from ``labelmap.txt`` when present, else the names found, sorted.
+
+MIT LabelMe 3.0 XML shares the ``<annotation>`` root element; its files (polygons of ``<pt>``, no ``<bndbox>``) are
+left to :mod:`~detr_hf.data.formats.labelme_xml`.
 """
 
 from __future__ import annotations
@@ -27,23 +32,43 @@ from .base import (
     walk_files,
 )
 from .geometry import format_number, parse_number, voc_to_xyxy, xywh_to_xyxy, xyxy_to_voc
-from .images import write_image_files
+from .writing import check_crowd_policy, keep_object, safe_join, safe_relative, write_image_files
 
 NAME = "voc"
 _ROOT_TAG = re.compile(rb"<\s*([A-Za-z_][\w.-]*)[\s>/]")
 
 
-def xml_root_tag(path: str | Path) -> str | None:
-    """The root element's name, read from the first bytes (skipping the declaration and comments)."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    head = re.sub(rb"<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^>]*>", b"", head, flags=re.S)
+def _root_tag(head: bytes) -> str | None:
+    head = re.sub(rb"<\?.*?\?>|<!--.*?-->|<!DOCTYPE[^>]*>", b"", head[:4096], flags=re.S)
     match = _ROOT_TAG.search(head)
     return match.group(1).decode() if match else None
 
 
+def xml_root_tag(path: str | Path) -> str | None:
+    """The root element's name, read from the first bytes (skipping the declaration and comments)."""
+    with open(path, "rb") as f:
+        return _root_tag(f.read(4096))
+
+
+def annotation_xml_kind(path: str | Path) -> str | None:
+    """``"voc"`` or ``"labelme_xml"`` for an ``<annotation>`` file, by what its objects hold; None for other XML.
+
+    A VOC object has a ``<bndbox>``; a MIT LabelMe object a ``<polygon>`` of ``<pt>`` (or a ``<segm>``), and its
+    image size is ``<imagesize>``. A file with neither (an image without objects) is VOC unless it has ``<imagesize>``.
+    """
+    with open(path, "rb") as f:
+        head = f.read(1 << 18)
+    if _root_tag(head) != "annotation":
+        return None
+    if b"<bndbox" in head:
+        return "voc"
+    if any(tag in head for tag in (b"<polygon", b"<pt>", b"<segm", b"<imagesize")):
+        return "labelme_xml"
+    return "voc"
+
+
 def find_files(root: Path) -> list[str]:
-    return [p for p in walk_files(root, ".xml") if xml_root_tag(p) == "annotation"]
+    return [p for p in walk_files(root, ".xml") if annotation_xml_kind(p) == "voc"]
 
 
 def _split_lists(root: Path) -> dict[str, str]:
@@ -55,19 +80,23 @@ def _split_lists(root: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     for stem, path in sorted(lists.items()):
         split = normalize_split_name(stem)
-        for line in path.read_text().splitlines():
+        for line in path.read_text(encoding="utf-8-sig").splitlines():
             if line.strip():
                 out.setdefault(line.split()[0], split)
     return out
 
 
-def _labelmap(root: Path) -> list[SourceCategory] | None:
+def _labelmap_path(root: Path) -> Path | None:
+    """The ``labelmap.txt`` CVAT and Datumaro write beside ``Annotations/``, if there is one."""
+    return next(iter(sorted(root.rglob("labelmap.txt"))), None)
+
+
+def _labelmap(path: Path | None) -> list[SourceCategory] | None:
     """Datumaro's ``labelmap.txt`` (``name:color:parts:actions``), without its ``background`` entry."""
-    paths = sorted(root.rglob("labelmap.txt"))
-    if not paths:
+    if path is None:
         return None
     names = []
-    for line in paths[0].read_text().splitlines():
+    for line in path.read_text(encoding="utf-8-sig").splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             name = line.split(":")[0].strip()
@@ -86,10 +115,8 @@ def _flag(element: ET.Element, tag: str) -> int:
 
 def read_file(path: Path, ctx: ReadContext, split_of: dict[str, str], one_based: bool) -> SourceImage | None:
     ann_file = ctx.rel(path)
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError as e:
-        ctx.issue("malformed", ann_file, f"line {e.position[0]}", f"not valid XML ({e}); file skipped")
+    root = ctx.parse_xml(path)
+    if root is None:
         return None
     name = (root.findtext("filename") or "").strip() or path.stem
     size = None
@@ -129,14 +156,31 @@ def read_file(path: Path, ctx: ReadContext, split_of: dict[str, str], one_based:
     return image
 
 
-def read(ctx: ReadContext, one_based: bool = True) -> SourceData:
-    """Read every VOC XML file under the source folder."""
+def read(ctx: ReadContext, one_based: bool | None = None) -> SourceData:
+    """Read every VOC XML file under the source folder.
+
+    ``one_based=None`` reads the corners 1-based (Pascal VOC's own numbering) unless a ``labelmap.txt`` marks a CVAT
+    or Datumaro export, whose corners are read as written (0-based); the choice is noted in the report.
+    """
     files = find_files(ctx.root)
     if not files:
+        if any(annotation_xml_kind(p) == "labelme_xml" for p in walk_files(ctx.root, ".xml")):
+            raise DatasetValidationError(
+                f"{ctx.root}: these <annotation> files are MIT LabelMe XML (polygons, no <bndbox>), not Pascal VOC; "
+                "read them with format='labelme_xml'"
+            )
         raise DatasetValidationError(f"{ctx.root}: no Pascal VOC XML file (root element <annotation>) found")
     split_of = _split_lists(ctx.root)
+    labelmap = _labelmap_path(ctx.root)
+    if one_based is None:
+        one_based = labelmap is None
+        if labelmap is not None:
+            ctx.report.notes.append(
+                f"{ctx.rel(labelmap)}: a CVAT/Datumaro export, whose box corners are read as written (0-based); "
+                "pass one_based=True for corners counted from 1 as in the original Pascal VOC files"
+            )
     images = (image for p in files if (image := read_file(Path(p), ctx, split_of, one_based)) is not None)
-    return SourceData(images=images, categories=_labelmap(ctx.root))
+    return SourceData(images=images, categories=_labelmap(labelmap))
 
 
 # -- writing -------------------------------------------------------------------------------------------------------
@@ -161,16 +205,36 @@ def write_annotation(
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
-def export_voc(dataset: Dataset, output_dir: str | Path, *, one_based: bool = True) -> Path:
-    """Write ``Annotations/<stem>.xml`` and ``JPEGImages/<file_name>`` for every record of ``dataset``."""
+def _select(objects: dict, indices: list[int]) -> dict:
+    return {key: [values[j] for j in indices] if values is not None else None for key, values in objects.items()}
+
+
+def export_voc(dataset: Dataset, output_dir: str | Path, *, one_based: bool = True, crowd: str = "refuse") -> Path:
+    """Write ``Annotations/<stem>.xml`` and ``JPEGImages/<file_name>`` for every record of ``dataset``.
+
+    VOC cannot mark a crowd (ignore) region: ``crowd="refuse"`` raises when the dataset has one, ``"drop"`` leaves
+    them out and ``"as_object"`` writes them as ordinary boxes. A ``file_name`` that would land outside
+    ``output_dir`` (``../x.png``, ``/abs/x.png``) raises before anything is written.
+    """
     output_dir = Path(output_dir)
-    repeated = sorted(s for s, n in Counter(Path(f).stem for f in dataset["file_name"]).items() if n > 1)
+    annotations_dir, images_dir = output_dir / "Annotations", output_dir / "JPEGImages"
+    xml_paths = []
+    for i, name in enumerate(dataset["file_name"]):
+        record = f"record {i}"
+        safe_join(images_dir, name, record)
+        xml_paths.append(safe_join(annotations_dir, f"{safe_relative(name, record).stem}.xml", record))
+    repeated = sorted(p.stem for p, n in Counter(xml_paths).items() if n > 1)
     if repeated:
         raise ValueError(f"VOC names annotation files after their images; these names repeat: {repeated[:5]}")
-    (output_dir / "Annotations").mkdir(parents=True, exist_ok=True)
+    check_crowd_policy(dataset, crowd, "Pascal VOC")
+    annotations_dir.mkdir(parents=True, exist_ok=True)
     names = class_names_of(dataset)
-    for row in dataset.select_columns(["file_name", "width", "height", "objects"]):
-        xml = write_annotation(row["file_name"], row["width"], row["height"], row["objects"], names, one_based)
-        (output_dir / "Annotations" / f"{Path(row['file_name']).stem}.xml").write_text(xml)
-    write_image_files(dataset, output_dir / "JPEGImages")
+    rows = dataset.select_columns(["file_name", "width", "height", "objects"])
+    for xml_path, row in zip(xml_paths, rows):
+        objects = row["objects"]
+        kept = [j for j in range(len(objects["bbox"])) if keep_object(objects.get("iscrowd"), j, crowd)]
+        file_name = safe_relative(row["file_name"]).name
+        xml = write_annotation(file_name, row["width"], row["height"], _select(objects, kept), names, one_based)
+        xml_path.write_text(xml, encoding="utf-8")
+    write_image_files(dataset, images_dir)
     return output_dir

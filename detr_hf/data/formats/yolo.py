@@ -1,14 +1,25 @@
 """YOLO txt: one ``class cx cy w h`` line per box (fractions of the image), one label file per image; read and write.
 
 Layouts understood: Ultralytics (``data.yaml`` with ``names`` and ``train``/``val``/``test`` folders or image lists,
-labels under ``labels/`` beside ``images/``), Darknet (``obj.data``, ``obj.names``, ``train.txt``), and a flat folder
-of images and label files with ``classes.txt``. An image without a label file is a negative; a label file without an
-image is reported. Segment lines (``class x1 y1 x2 y2 ...``) are read as their enclosing box.
+labels under ``labels/`` beside ``images/``), Roboflow (``train/images``, ``valid/images``, ... each with its
+``labels/``), Darknet (``obj.data``, ``obj.names``, ``train.txt``), and a flat folder of images and label files with
+``classes.txt``. Segment lines (``class x1 y1 x2 y2 ...``) are read as their enclosing box.
+
+An image's label file is looked for where it belongs to that image alone: ``.../images/<split>/x.jpg`` ->
+``.../labels/<split>/x.txt`` (the last ``images`` folder becomes ``labels``, as Ultralytics does), beside the image, or
+where a list file names the image. Failing that, the only label file of that stem in the image's split (or in a
+folder naming no split) is taken, and noted; never one in another split's folder. An image without a label file is a
+negative; a label file claimed by two images is read for the first only; a label file without an image is reported.
+Split folders beside the ones a config lists (Roboflow's ``test/`` when ``data.yaml`` names only ``train`` and
+``val``) are read as their split unless ``extra_splits=False``.
 """
 
 from __future__ import annotations
 
+import codecs
+import math
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,11 +39,30 @@ from .base import (
     walk_files,
 )
 from .geometry import cxcywh_to_xyxy, flat_points_bounds, parse_number, xywh_to_xyxy, xyxy_to_cxcywh
-from .images import write_image_files
+from .writing import check_crowd_policy, keep_object, safe_join, write_image_files
 
 NAME = "yolo"
 CLASS_LIST_FILES = ("classes.txt", "obj.names", "_darknet.labels")
-_LIST_FILE_STEMS = {"train", "val", "valid", "validation", "test", "trainval", "readme", "license", "requirements"}
+_LIST_FILE_STEMS = {"train", "val", "valid", "validation", "test", "trainval", "license", "requirements"}
+_IMAGE_FOLDERS = ("images", "JPEGImages")  # the folder whose ``labels`` sibling holds the label files
+ENCODING = "utf-8-sig"  # UTF-8, with or without the BOM Windows editors write
+
+# (image path or None when missing, the name a list file gave it or None, its split)
+_Listed = tuple[str | None, str | None, str | None]
+
+
+def read_text(path: str | Path) -> str:
+    """A text file decoded as UTF-8; raises :class:`DatasetValidationError` naming the file and line if it is not."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode(ENCODING)
+    except UnicodeDecodeError as e:
+        start = e.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
+        line = data[:start].count(b"\n") + 1
+        raise DatasetValidationError(
+            f"{path}: line {line}: not UTF-8 text ({e.reason} at byte {start}); save the file as UTF-8"
+        ) from None
 
 
 def _is_number(token: str) -> bool:
@@ -43,32 +73,54 @@ def _is_number(token: str) -> bool:
     return True
 
 
+def _box_line_class(line: str) -> int | None:
+    """The class index of a line shaped like a box or a segment (an integer and at least four numbers), else None."""
+    tokens = line.split()
+    if len(tokens) < 5 or not (tokens[0].isascii() and tokens[0].isdigit()):
+        return None
+    return int(tokens[0]) if all(_is_number(t) for t in tokens[1:]) else None
+
+
 def looks_like_label_file(path: str | Path) -> bool:
     """A non-empty label file: its first line is an integer class and at least four numbers."""
-    with open(path, errors="ignore") as f:
+    with open(path, encoding=ENCODING, errors="replace") as f:  # a probe: any text file may come here
         for line in f:
-            tokens = line.split()
-            if tokens:
-                return len(tokens) >= 5 and tokens[0].isdigit() and all(_is_number(t) for t in tokens[1:])
+            if line.strip():
+                return _box_line_class(line) is not None
     return False
+
+
+def _has_box_line(path: str) -> bool:
+    """Whether any line of a text file (perhaps no label file at all) is shaped like a box."""
+    with open(path, encoding=ENCODING, errors="replace") as f:
+        return any(_box_line_class(line) is not None for line in f)
+
+
+def _count_lines(path: str) -> int:
+    """Non-empty lines of a label file: the boxes it holds, malformed ones included."""
+    return sum(1 for line in read_text(path).splitlines() if line.strip())
 
 
 def candidate_label_files(root: Path) -> list[str]:
     out = []
     for p in walk_files(root, ".txt"):
         name = os.path.basename(p)
-        if name in CLASS_LIST_FILES or name[:-4].lower() in _LIST_FILE_STEMS or f"{os.sep}ImageSets{os.sep}" in p:
+        stem = name[:-4].lower()
+        if name in CLASS_LIST_FILES or stem in _LIST_FILE_STEMS or stem.startswith("readme"):
             continue
-        out.append(p)
+        if f"{os.sep}ImageSets{os.sep}" not in p:
+            out.append(p)
     return out
 
 
 def find_config(root: Path) -> Path | None:
     """``data.yaml`` (any yaml with ``names``) or Darknet's ``obj.data``."""
     for path in sorted(root.rglob("*.yaml")) + sorted(root.rglob("*.yml")):
+        if b"names" not in path.read_bytes():
+            continue
         try:
-            data = yaml.safe_load(path.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError):
+            data = yaml.safe_load(read_text(path))  # a config that does not decode raises, naming the file
+        except yaml.YAMLError:
             continue
         if isinstance(data, dict) and "names" in data:
             return path
@@ -77,7 +129,7 @@ def find_config(root: Path) -> Path | None:
 
 
 def _read_names_file(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 def _categories_from_names(names) -> list[SourceCategory]:
@@ -101,9 +153,10 @@ class _Config:
         self.categories: list[SourceCategory] | None = None
         self.splits: dict[str, list[str]] = {}
         self.bases: list[Path] = [root]
-        path = find_config(root)
+        self.path = find_config(root)
+        path = self.path
         if path is not None and path.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(path.read_text())
+            data = yaml.safe_load(read_text(path))
             self.categories = _categories_from_names(data["names"])
             base = Path(str(data.get("path") or "."))
             base = base if base.is_absolute() else path.parent / base
@@ -116,7 +169,7 @@ class _Config:
                     ]
         elif path is not None:  # Darknet obj.data: "key = value" lines with paths relative to Darknet's folder
             entries = {}
-            for line in path.read_text().splitlines():
+            for line in read_text(path).splitlines():
                 if "=" in line:
                     key, value = (s.strip() for s in line.split("=", 1))
                     entries[key] = value
@@ -143,6 +196,12 @@ class _Config:
                 return found
         return None
 
+    def resolve(self, split: str, entry: str) -> Path:
+        found = self._find(entry)
+        if found is None:
+            raise DatasetValidationError(f"{self.path}: split {split!r} points to {entry!r}, which does not exist")
+        return found
+
 
 def _walk_images(folder: Path) -> list[str]:
     out = []
@@ -154,81 +213,154 @@ def _walk_images(folder: Path) -> list[str]:
     return out
 
 
+def _swap_folder(path: str, old: str, new: str) -> str | None:
+    """``path`` with its last folder named ``old`` renamed ``new`` (Ultralytics' ``images/`` -> ``labels/`` rule)."""
+    head, found, tail = (path + os.sep).rpartition(f"{os.sep}{old}{os.sep}")
+    return f"{head}{os.sep}{new}{os.sep}{tail}".rstrip(os.sep) if found else None
+
+
+def _label_candidates(image: str | None, name: str | None, root: str) -> Iterator[str]:
+    """Where the label file of one image may be: under ``labels/`` instead of ``images/`` (or Darknet's
+    ``JPEGImages/``), beside it, and where the list file named it, relative to the dataset folder (leading folders
+    dropped, but never a split folder)."""
+    places = [image] if image else []
+    if name:
+        parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+        for k in range(len(parts)):
+            if k and split_from_text(parts[k - 1]):
+                break
+            places.append(os.path.normpath(os.path.join(root, *parts[k:])))
+    for place in places:
+        for path in (*(_swap_folder(place, folder, "labels") for folder in _IMAGE_FOLDERS), place):
+            if path is not None:
+                yield os.path.splitext(path)[0] + ".txt"
+
+
 class _LabelIndex:
-    """Label files (absolute path strings), by path and by stem; remembers which ones an image claimed."""
+    """Label files (absolute path strings) and the image each one was read for."""
 
-    def __init__(self, files: list[str]) -> None:
+    def __init__(self, files: list[str], root: Path) -> None:
         self.files = set(files)
-        self.by_stem: dict[str, list[str]] = {}
-        for p in sorted(self.files):
-            self.by_stem.setdefault(os.path.splitext(os.path.basename(p))[0], []).append(p)
-        self.used: set[str] = set()
+        self.root = os.path.abspath(root)
+        self.claimed: dict[str, tuple[str, int]] = {}  # label -> (file_name of the image it went to, boxes kept)
+        self._split_of_folder: dict[str, str | None] = {}
 
-    def find(self, image: str | Path, listed_as: str | None, root: Path) -> Path | None:
-        image = Path(image)
-        candidates = []
-        parts = image.parts
-        if "images" in parts:
-            k = len(parts) - 1 - parts[::-1].index("images")
-            candidates.append(Path(*parts[:k], "labels", *parts[k + 1 :]).with_suffix(".txt"))
-        candidates.append(image.with_suffix(".txt"))
-        if listed_as:
-            listed = Path(listed_as.replace("\\", "/")).with_suffix(".txt").parts
-            candidates.extend(root / Path(*listed[k:]) for k in range(len(listed)))
-        for c in candidates:
-            key = os.path.abspath(c)
-            if key in self.files:
-                self.used.add(key)
-                return Path(key)
-        same_stem = self.by_stem.get(image.stem, [])
-        if len(same_stem) == 1:
-            self.used.add(same_stem[0])
-            return Path(same_stem[0])
-        return None
+    def split_of(self, path: str) -> str | None:
+        """The split a label file's folders name (the nearest split-like folder under the dataset folder)."""
+        folder = os.path.dirname(path)
+        if folder not in self._split_of_folder:
+            inside = folder[len(self.root) + 1 :] if folder.startswith(self.root + os.sep) else ""
+            names = reversed(inside.split(os.sep))
+            self._split_of_folder[folder] = next((s for s in map(split_from_text, names) if s), None)
+        return self._split_of_folder[folder]
+
+    def remove_under(self, folder: str) -> list[str]:
+        """Take the label files under ``folder`` out of the index; returns them."""
+        prefix = os.path.abspath(folder) + os.sep
+        taken = sorted(p for p in self.files if p.startswith(prefix))
+        self.files.difference_update(taken)
+        return taken
+
+    def match(self, listed: list[_Listed]) -> list[tuple[str | None, bool]]:
+        """(label file or None, whether it was found by its stem) for each listed image.
+
+        First every image takes the label file at its own place; then an image still without one takes the only
+        label file of its stem that no image took that way, in its split or in folders that name no split (never in
+        another split's folder).
+        """
+        matched: list[tuple[str | None, bool]] = []
+        for path, name, _ in listed:
+            label = next((c for c in _label_candidates(path, name, self.root) if c in self.files), None)
+            matched.append((label, False))
+        direct = {label for label, _ in matched if label is not None}
+        by_stem: dict[tuple[str | None, str], list[str]] = {}
+        for p in sorted(self.files - direct):
+            by_stem.setdefault((self.split_of(p), os.path.basename(p)[:-4]), []).append(p)
+        for k, ((path, name, split), (label, _)) in enumerate(zip(listed, matched)):
+            if label is None:
+                stem = os.path.splitext(os.path.basename(path or name.replace("\\", "/")))[0]
+                same = by_stem.get((split, stem), []) + (by_stem.get((None, stem), []) if split else [])
+                if len(same) == 1:
+                    matched[k] = (same[0], True)
+        return matched
+
+
+def _sibling_split_folders(folders: dict[str, list[Path]], root: Path) -> dict[str, list[Path]]:
+    """Image folders beside the listed ones that name a split the config does not list: ``<split>/images`` with
+    ``<split>/labels`` beside it (Roboflow), or ``images/<split>`` with ``labels/<split>`` (Ultralytics)."""
+    root_path = os.path.abspath(root)
+    extra: dict[str, list[Path]] = {}
+    for folder in (f for found in folders.values() for f in found if f.is_dir()):
+        inner = ("images",) if folder.name == "images" else ()
+        split_dir = folder.parent if inner else folder
+        parent = os.path.abspath(split_dir.parent)
+        if split_from_text(split_dir.name) is None or not (parent + os.sep).startswith(root_path + os.sep):
+            continue
+        for sibling in sorted(split_dir.parent.iterdir()):
+            split = split_from_text(sibling.name)
+            images = sibling.joinpath(*inner)
+            labels = _swap_folder(os.path.abspath(images), "images", "labels")
+            if split is None or split in folders or not images.is_dir() or not (labels and os.path.isdir(labels)):
+                continue
+            if images not in extra.setdefault(split, []):
+                extra[split].append(images)
+    return extra
 
 
 def _images_of_split(
-    entries: list[str], config: _Config, ctx: ReadContext, split: str
+    folders: list[Path], config: _Config, ctx: ReadContext, split: str
 ) -> list[tuple[str | None, str | None]]:
     """(image path or None when missing, the name it was listed as) for one split's folders and list files.
     Paths are strings: a million ``Path`` objects would cost far more memory."""
     out: list[tuple[str | None, str | None]] = []
-    for entry in entries:
-        found = config._find(entry)
-        if found is None:
-            raise DatasetValidationError(f"{ctx.root}: split {split!r} points to {entry!r}, which does not exist")
+    for found in folders:
+        config_file = ctx.rel(config.path) if config.path else ""
+        ctx.check_inside(found, str(found), config_file, f"split {split!r}")
         if found.is_dir():
             out.extend((p, None) for p in _walk_images(found))
             continue
-        for line in found.read_text().splitlines():
+        list_file = ctx.rel(found)
+        for n, line in enumerate(read_text(found).splitlines(), start=1):
             name = line.strip()
             if name:
-                path = ctx.resolve_image(name, base_dirs=(found.parent, *config.bases), split=split)
-                out.append((str(path) if path is not None else None, name))
+                path = ctx.resolve_image(
+                    name, base_dirs=(found.parent, *config.bases), split=split, ann_file=list_file, record=f"line {n}"
+                )
+                out.append((os.path.abspath(path) if path is not None else None, name))
     return out
 
 
-def parse_label_file(path: Path, ann_file: str, ctx: ReadContext, categories: dict[int, str]) -> list[SourceObject]:
+def _class_index(token: str) -> int:
+    value = parse_number(token)
+    if not math.isfinite(value) or value != int(value) or value < 0:
+        raise ValueError(f"class {token!r} is not a non-negative integer")
+    return int(value)
+
+
+def parse_label_file(
+    path: str | Path, ann_file: str, ctx: ReadContext, categories: dict[int, str]
+) -> list[SourceObject]:
     objects = []
-    for n, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
         tokens = line.split()
         if not tokens:
             continue
         record = f"line {n}"
         try:
-            values = [parse_number(t) for t in tokens]
-            if values[0] != int(values[0]) or values[0] < 0:
-                raise ValueError(f"class {tokens[0]!r} is not a non-negative integer")
-            if len(values) == 5:
-                box, polygon = cxcywh_to_xyxy(*values[1:]), False
-            elif len(values) >= 7 and len(values) % 2 == 1:
-                box, polygon = flat_points_bounds(values[1:]), True
+            index = _class_index(tokens[0])
+            values = [parse_number(t) for t in tokens[1:]]
+            bad = next((t for t, v in zip(tokens[1:], values) if not math.isfinite(v)), None)
+            if bad is not None:
+                raise ValueError(f"coordinate {bad!r} is not a finite number")
+            if len(values) == 4:
+                box, polygon = cxcywh_to_xyxy(*values), False
+            elif len(values) >= 6 and len(values) % 2 == 0:
+                box, polygon = flat_points_bounds(values), True
             else:
                 raise ValueError(f"expected 'class cx cy w h' (or a segment), got {len(tokens)} values")
         except ValueError as e:
             ctx.issue("malformed", ann_file, record, f"{e}: {line.strip()!r}", boxes_lost=1)
             continue
-        index = int(values[0])
         if index not in categories:
             ctx.issue("unknown_class", ann_file, record, f"class index {index} is not in the class list", boxes_lost=1)
             continue
@@ -238,15 +370,24 @@ def parse_label_file(path: Path, ann_file: str, ctx: ReadContext, categories: di
     return objects
 
 
-def read(ctx: ReadContext) -> SourceData:
-    """Read a YOLO folder (see the module docstring for the layouts)."""
+def read(ctx: ReadContext, *, extra_splits: bool = True) -> SourceData:
+    """Read a YOLO folder (see the module docstring for the layouts).
+
+    ``extra_splits=False`` leaves out split folders the config does not list (reported as ``split_skipped``).
+    """
     config = _Config(ctx.root)
-    labels = _LabelIndex(candidate_label_files(ctx.root))
+    labels = _LabelIndex(candidate_label_files(ctx.root), ctx.root)
     if config.splits:
+        folders = {split: [config.resolve(split, e) for e in entries] for split, entries in config.splits.items()}
+        for split, found in _sibling_split_folders(folders, ctx.root).items():
+            for images in found:
+                _extra_split(images, split, extra_splits, config, labels, ctx)
+            if extra_splits:
+                folders[split] = found
         listed = [
             (p, name, split)
-            for split, entries in config.splits.items()
-            for p, name in _images_of_split(entries, config, ctx, split)
+            for split, found in folders.items()
+            for p, name in _images_of_split(found, config, ctx, split)
         ]
     else:
         listed = []
@@ -256,70 +397,131 @@ def read(ctx: ReadContext) -> SourceData:
             listed.append((p, None, split))
     categories = config.categories
     if categories is None:
-        highest = -1
-        for path in sorted(labels.files):
-            for line in Path(path).read_text(errors="replace").splitlines():
-                tokens = line.split()
-                if tokens and tokens[0].isdigit():
-                    highest = max(highest, int(tokens[0]))
+        found_classes = (
+            _box_line_class(line) for path in sorted(labels.files) for line in read_text(path).splitlines()
+        )
+        highest = max((c for c in found_classes if c is not None), default=-1)
         categories = [SourceCategory(name=str(i), source_id=i) for i in range(highest + 1)]
         ctx.issue(
             "class_list_missing", ctx.rel(ctx.root), "", "no data.yaml, classes.txt or obj.names: classes named 0..N-1"
         )
     by_index = {c.source_id: c.name for c in categories}
-    return SourceData(images=_images(listed, labels, by_index, ctx), categories=categories)
+    matched = labels.match(listed)
+    return SourceData(images=_images(listed, matched, labels, by_index, ctx, config), categories=categories)
 
 
-def _images(listed: list, labels: _LabelIndex, by_index: dict[int, str], ctx: ReadContext) -> Iterator[SourceImage]:
-    for path, name, split in listed:
+def _extra_split(
+    images: Path, split: str, read_it: bool, config: _Config, labels: _LabelIndex, ctx: ReadContext
+) -> None:
+    """Note a split folder the config does not list, or report it skipped with what it holds."""
+    where, config_name = ctx.rel(images), ctx.rel(config.path)
+    if read_it:
+        ctx.report.notes.append(
+            f"{where}: not listed in {config_name}, read as split {split!r} (extra_splits=False leaves it out)"
+        )
+        return
+    skipped = labels.remove_under(_swap_folder(os.path.abspath(images), "images", "labels"))
+    boxes = sum(_count_lines(p) for p in skipped)
+    ctx.issue("split_skipped", where, "",
+              f"split folder not listed in {config_name} left out (extra_splits=False): "
+              f"{len(_walk_images(images))} images, {len(skipped)} label files, {boxes} boxes",
+              boxes_lost=boxes)  # fmt: skip
+
+
+def _images(
+    listed: list[_Listed],
+    matched: list[tuple[str | None, bool]],
+    labels: _LabelIndex,
+    by_index: dict[int, str],
+    ctx: ReadContext,
+    config: _Config,
+) -> Iterator[SourceImage]:
+    for (path, name, split), (label, by_stem) in zip(listed, matched):
         if path is None:
-            label = labels.find(ctx.root / name, name, ctx.root)
-            image = SourceImage(
-                file_name=name.replace("\\", "/"), ann_file=ctx.rel(label) if label else name, split=split
-            )
+            image = SourceImage(file_name=name.replace("\\", "/"), ann_file=name, split=split)
         else:
-            label = labels.find(path, name, ctx.root)
-            image = SourceImage(
-                file_name=ctx.file_name(path), ann_file=ctx.rel(label) if label else ctx.file_name(path),
-                path=os.path.abspath(path), split=split, stat=ctx.stat(path),
-            )  # fmt: skip
+            file_name = ctx.file_name(path)
+            image = SourceImage(file_name=file_name, ann_file=file_name, path=path, split=split, stat=ctx.stat(path))
         if label is not None:
-            image.objects = parse_label_file(label, ctx.rel(label), ctx, by_index)
+            _attach_label(image, label, by_stem, labels, by_index, ctx)
         yield image
-    for path in sorted(labels.files - labels.used):
-        if looks_like_label_file(Path(path)):
-            lost = sum(1 for line in Path(path).read_text(errors="replace").splitlines() if line.strip())
-            ctx.issue("label_without_image", ctx.rel(path), "", "no image matches this label file", boxes_lost=lost)
+    for path in sorted(labels.files - labels.claimed.keys()):
+        _report_orphan(path, ctx, config)
+
+
+def _attach_label(
+    image: SourceImage, label: str, by_stem: bool, labels: _LabelIndex, by_index: dict[int, str], ctx: ReadContext
+) -> None:
+    """Read ``label`` into ``image``, unless another image already took it (then report it as ambiguous)."""
+    ann_file = ctx.rel(label)
+    first = labels.claimed.get(label)
+    if first is None:
+        image.ann_file = ann_file
+        image.objects = parse_label_file(label, ann_file, ctx, by_index)
+        labels.claimed[label] = (image.file_name, len(image.objects))
+        if by_stem:
+            ctx.issue("label_matched_by_stem", ann_file, "", f"read for {image.file_name} (none beside it)")
+    elif first[0] != image.file_name:  # the same image listed twice is reported by the loader as a duplicate
+        ctx.issue("label_ambiguous", ann_file, "",
+                  f"matches {first[0]} and {image.file_name}; read for {first[0]} only, {image.file_name} left "
+                  "without boxes", boxes_lost=first[1])  # fmt: skip
+
+
+def _report_orphan(path: str, ctx: ReadContext, config: _Config) -> None:
+    """A label file no image took: reported with its boxes if it lies under ``labels/`` or holds a box line."""
+    ann_file = ctx.rel(path)
+    if "labels" not in ann_file.split("/")[:-1] and not _has_box_line(path):
+        return  # some other text file
+    stem = os.path.basename(path)[:-4]
+    folders = {os.path.dirname(path), os.path.dirname(_swap_folder(path, "labels", "images") or path)}
+    image = next((p for p in ctx.index.by_stem.get(stem, []) if os.path.dirname(p) in folders), None)
+    if image is not None and config.path is not None:
+        message = f"its image {ctx.rel(image)} is in no split that {ctx.rel(config.path)} lists"
+    elif image is not None:
+        message = f"its image {ctx.rel(image)} was not read"
+    else:
+        message = "no image for this label file (none of its name beside it or in the matching images/ folder)"
+    ctx.issue("label_without_image", ann_file, "", message, boxes_lost=_count_lines(path))
 
 
 # -- writing -------------------------------------------------------------------------------------------------------
-def export_yolo(dataset: Dataset, output_dir: str | Path, split: str = "train") -> Path:
+def export_yolo(dataset: Dataset, output_dir: str | Path, split: str = "train", *, crowd: str = "refuse") -> Path:
     """Write ``images/<split>/<file_name>``, ``labels/<split>/<stem>.txt`` and ``data.yaml`` (names by source id).
 
-    Crowd boxes are left out: YOLO has no way to say "ignore this region".
+    YOLO cannot mark a crowd (ignore) region: ``crowd="refuse"`` raises when the dataset has one, ``"drop"`` leaves
+    them out and ``"as_object"`` writes them as ordinary boxes. A ``file_name`` that would leave ``output_dir``
+    raises :class:`DatasetValidationError` before anything is written.
     """
+    check_crowd_policy(dataset, crowd, "YOLO")
     output_dir = Path(output_dir)
+    labels_dir = output_dir / "labels" / split
+    targets = [
+        safe_join(labels_dir, name, f"record {i}").with_suffix(".txt") for i, name in enumerate(dataset["file_name"])
+    ]
+    repeated = [str(t.relative_to(output_dir)) for t, n in Counter(targets).items() if n > 1]
+    if repeated:
+        raise DatasetValidationError(f"several images would share the label file(s) {repeated[:5]}; rename them")
     mapping = get_category_mapping(dataset)
     source_ids = [mapping.source_id(label) for label in range(len(class_names_of(dataset)))]
     index_of = {label: sid for label, sid in enumerate(source_ids)}
     if sorted(source_ids) != list(range(len(source_ids))):  # YOLO indices must be 0..N-1
         index_of = {label: label for label in range(len(source_ids))}
-    for row in dataset.select_columns(["file_name", "width", "height", "objects"]):
+    rows = dataset.select_columns(["width", "height", "objects"])
+    for label_path, row in zip(targets, rows):
         objects, w, h = row["objects"], row["width"], row["height"]
         lines = []
         for j, bbox in enumerate(objects["bbox"]):
-            if (objects.get("iscrowd") or [0] * len(objects["bbox"]))[j]:
+            if not keep_object(objects.get("iscrowd"), j, crowd):
                 continue
             cx, cy, bw, bh = xyxy_to_cxcywh(xywh_to_xyxy(*bbox))
-            lines.append(f"{index_of[objects['category'][j]]} {cx / w:.6f} {cy / h:.6f} {bw / w:.6f} {bh / h:.6f}")
-        label_path = output_dir / "labels" / split / Path(row["file_name"]).with_suffix(".txt")
+            lines.append(f"{index_of[objects['category'][j]]} {cx / w:.6f} {cy / h:.6f} {bw / w:.6f} {bh / h:.6f}\n")
         label_path.parent.mkdir(parents=True, exist_ok=True)
-        label_path.write_text("".join(line + "\n" for line in lines))
+        label_path.write_text("".join(lines), encoding="utf-8")
     write_image_files(dataset, output_dir / "images" / split)
     names = {index_of[label]: name for label, name in enumerate(class_names_of(dataset))}
     config_path = output_dir / "data.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {"path": "."}
+    config = yaml.safe_load(read_text(config_path)) if config_path.exists() else {"path": "."}
     config[split if split != "validation" else "val"] = f"images/{split}"
     config["names"] = dict(sorted(names.items()))
-    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return output_dir
