@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import machine_line  # benchmarks/machine.py: scripts run from benchmarks/
 
 VARIANTS = ("detr_hf-detr", "hf-detr", "hf-rtdetr", "dino_like")
 # every backbone here trains from scratch: all stages, BatchNorm with batch statistics (transformers' DETR can't)
@@ -97,7 +98,7 @@ def build(variant: str, id2label: dict[int, str]) -> tuple[torch.nn.Module, bool
 
 
 def _preload(dataset, processor) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
-    from detr_hf.training import eval_dataloader
+    from detr_hf.evaluation import eval_dataloader
 
     pixels, labels = [], []
     for batch in eval_dataloader(dataset, processor, batch_size=64):
@@ -110,8 +111,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     """Trains one variant for the budget, evaluating on the way; returns its curve and costs."""
     from detr_hf import DetrImageProcessor
     from detr_hf.data.synthetic import make_synthetic_dataset
-    from detr_hf.evaluation import evaluate_detector
-    from detr_hf.training import eval_dataloader
+    from detr_hf.evaluation import eval_dataloader, evaluate_detector
 
     torch.set_num_threads(args.threads)
     data = make_synthetic_dataset(num_train=args.num_train, num_val=args.num_val, image_size=IMAGE_SIZE, seed=0)
@@ -195,7 +195,8 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         figure.savefig(out / f"convergence_{name}.png", dpi=120)
         plt.close(figure)
     budget = args.minutes * 60
-    print(f"\n{args.threads} threads, batch {args.batch_size}, AdamW {args.lr}, {args.minutes} min per variant")
+    print(f"\n{machine_line()}")
+    print(f"{args.threads} threads, batch {args.batch_size}, AdamW {args.lr}, {args.minutes} min per variant")
     print("| variant | parameters (M) | s / step | peak memory (MiB) | mAP | AP50 | AP_small | minutes to AP50 0.5 |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import machine_line  # benchmarks/machine.py: scripts run from benchmarks/
 from PIL import Image
 
 CLASSES = ["circle", "square", "triangle", "star"]
@@ -148,6 +149,7 @@ def main() -> None:
         worker(args)
         return
     base = Path(args.workdir or tempfile.mkdtemp(prefix="bench_conversion_"))
+    print(machine_line())
     print(f"cpu cores: {os.cpu_count()}; 2-process speedup of a pure-Python loop here: {parallel_speedup():.2f}x")
     print(f"data under {base}")
     print(

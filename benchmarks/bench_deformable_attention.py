@@ -17,6 +17,7 @@ import statistics
 import time
 
 import torch
+from machine import machine_line  # benchmarks/machine.py: scripts run from benchmarks/
 
 D_MODEL, HEADS, LEVELS, POINTS = 256, 8, 3, 4
 
@@ -38,7 +39,7 @@ def _step(kind: str, module: torch.nn.Module, x: torch.Tensor, shapes: list, poi
 
 
 def _module(kind: str) -> torch.nn.Module:
-    from detr_hf.attention import MultiScaleDeformableAttention
+    from detr_hf.layers.deformable_attention import MultiScaleDeformableAttention
 
     if kind == "deformable":
         module = MultiScaleDeformableAttention(D_MODEL, HEADS, LEVELS, POINTS)
@@ -86,6 +87,7 @@ def main() -> None:
     memory = {(kind, size): saved_activation_mib(kind, modules[kind], *inputs[size]) for kind, size in cases}
     smallest = args.sizes[0]
     tokens = {size: inputs[size][0].shape[1] for size in args.sizes}
+    print(machine_line())
     print(f"{args.threads} threads; forward + backward of one encoder self-attention, batch 1, d_model {D_MODEL}")
     print(
         "| image | tokens | attention | time (ms) | time / token vs smallest | memory saved for backward (MiB) | memory / token vs smallest |"

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import machine_line  # benchmarks/machine.py: scripts run from benchmarks/
 
 HEIGHT, WIDTH = 800, 1066
 
@@ -186,7 +187,7 @@ def main() -> None:
     }
     print(
         f"\nDETR-R50, {args.threads} threads, {args.rounds} rounds of {args.repeats} calls, each case in its own process "
-        f"(CPU: {torch.backends.cpu.get_cpu_capability()})\n"
+        f"({machine_line()})\n"
     )
     print(
         "| case | transformers s | detr_hf s | speed-up | transformers peak MiB | detr_hf peak MiB "

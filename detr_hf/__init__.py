@@ -10,8 +10,14 @@ from .configuration_deformable import DeformableDetrConfig
 from .configuration_detr import DetrConfig
 from .image_processing_detr import DetrHfImageProcessor, DetrImageProcessor
 from .logging_utils import dropped_logs
-from .modeling_deformable import DeformableDetrForObjectDetection, DeformableDetrModel
-from .modeling_detr import DetrForObjectDetection, DetrModel, DetrObjectDetectionOutput, DetrPreTrainedModel
+from .modeling_deformable import DeformableDetrForObjectDetection, DeformableDetrModel, DeformableDetrModelOutput
+from .modeling_detr import (
+    DetrForObjectDetection,
+    DetrModel,
+    DetrModelOutput,
+    DetrObjectDetectionOutput,
+    DetrPreTrainedModel,
+)
 
 __version__ = "0.1.0"
 
@@ -34,11 +40,13 @@ __all__ = [
     "DeformableDetrConfig",
     "DeformableDetrForObjectDetection",
     "DeformableDetrModel",
+    "DeformableDetrModelOutput",
     "DetrConfig",
     "DetrForObjectDetection",
     "DetrHfImageProcessor",
     "DetrImageProcessor",
     "DetrModel",
+    "DetrModelOutput",
     "DetrObjectDetectionOutput",
     "DetrPreTrainedModel",
 ]

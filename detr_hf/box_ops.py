@@ -1,33 +1,48 @@
 """Box conversions and overlaps: the one place in the package where box geometry lives.
 
-Formats: ``cxcywh`` (normalized centre, width, height: what the model predicts), ``xyxy`` (corners),
-``xywh`` (COCO: top-left corner, width, height).
+Formats: ``cxcywh`` (centre, width, height: what the model predicts, normalized), ``xyxy`` (corners), ``xywh`` (COCO:
+top-left corner, width, height). Each conversion takes a tensor or a numpy array of boxes (``(..., 4)``, same type
+back), or one box as a sequence of 4 numbers (a tuple of 4 floats back, as the format readers use it).
+(Conventions of annotation files, such as VOC's 1-based pixels, live in ``detr_hf.data.formats.coordinates``.)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import numpy as np
 import torch
 from torch import Tensor
 
-
-def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
+Box = tuple[float, float, float, float]
+Boxes = TypeVar("Boxes", Tensor, np.ndarray, Sequence[float])
 
 
-def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack(((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0), dim=-1)
+def _convert(boxes: Tensor | np.ndarray | Sequence[float], fn: Callable) -> Tensor | np.ndarray | Box:
+    """``fn`` applied to the four coordinates of every box (the last axis of a tensor or array, or one 4-sequence)."""
+    if isinstance(boxes, Tensor):
+        return torch.stack(fn(*boxes.unbind(-1)), dim=-1)
+    if isinstance(boxes, np.ndarray):
+        return np.stack(fn(*np.moveaxis(boxes, -1, 0)), axis=-1)
+    a, b, c, d = (float(v) for v in boxes)
+    return fn(a, b, c, d)
 
 
-def xywh_to_xyxy(boxes: Tensor) -> Tensor:
-    x, y, w, h = boxes.unbind(-1)
-    return torch.stack((x, y, x + w, y + h), dim=-1)
+def cxcywh_to_xyxy(boxes: Boxes) -> Boxes:
+    return _convert(boxes, lambda cx, cy, w, h: (cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h))
 
 
-def xyxy_to_xywh(boxes: Tensor) -> Tensor:
-    x0, y0, x1, y1 = boxes.unbind(-1)
-    return torch.stack((x0, y0, x1 - x0, y1 - y0), dim=-1)
+def xyxy_to_cxcywh(boxes: Boxes) -> Boxes:
+    return _convert(boxes, lambda x0, y0, x1, y1: ((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0))
+
+
+def xywh_to_xyxy(boxes: Boxes) -> Boxes:
+    return _convert(boxes, lambda x, y, w, h: (x, y, x + w, y + h))
+
+
+def xyxy_to_xywh(boxes: Boxes) -> Boxes:
+    return _convert(boxes, lambda x0, y0, x1, y1: (x0, y0, x1 - x0, y1 - y0))
 
 
 def box_area(boxes: Tensor) -> Tensor:

@@ -21,8 +21,9 @@ import torch
 from safetensors.torch import load_file
 from transformers.utils import cached_file
 
-from .backbone import inflate_input_conv
+from .configuration_deformable import DeformableDetrConfig
 from .configuration_detr import DetrConfig
+from .layers.backbone import inflate_input_conv
 from .logging_utils import dropped_logs
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def _complete_deformable_heads(state_dict: dict[str, torch.Tensor], config: Detr
 def _adapt_to_config(state_dict: dict[str, torch.Tensor], config: DetrConfig) -> list[str]:
     """Inflates an RGB stem to `config.num_channels`, extends the object queries to `config.num_queries` and drops a
     class head of another label set, in place; returns the dropped keys."""
-    if hasattr(config, "with_box_refine"):
+    if config.model_type == DeformableDetrConfig.model_type:
         _complete_deformable_heads(state_dict, config)
     for key in [k for k in state_dict if k.endswith(_STEM)]:
         if state_dict[key].shape[1] != config.num_channels:

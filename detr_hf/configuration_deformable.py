@@ -16,6 +16,8 @@ class DeformableDetrConfig(DetrConfig):
     It also reads the `config.json` of transformers' Deformable DETR (model_type "deformable_detr").
 
     Args (beyond [`DetrConfig`]'s):
+        encoder_type, decoder_type: the encoder and decoder to build, by name in `detr_hf.layers.registry`
+            (`"deformable"`: multi-scale deformable attention).
         num_feature_levels: feature levels the transformer sees. They are the backbone's `out_features` (a single
             out feature, DETR's default, becomes the last `min(num_feature_levels, 3)` stages), then, when more levels
             are asked for than the backbone gives, stride-2 3x3 convolutions on the last one.
@@ -42,6 +44,8 @@ class DeformableDetrConfig(DetrConfig):
 
     model_type = "detr_hf_deformable"
 
+    encoder_type: str = "deformable"
+    decoder_type: str = "deformable"
     num_feature_levels: int = 3
     encoder_n_points: int = 4
     decoder_n_points: int = 4

@@ -1,4 +1,4 @@
-"""DetrConfig: the single source of every architectural and loss option of detr_hf's models."""
+"""DetrConfig: the architectural and loss options of detr_hf's DETR (`DeformableDetrConfig` extends them)."""
 
 from __future__ import annotations
 
@@ -132,13 +132,6 @@ class DetrConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
         if getattr(self.backbone_config, "num_channels", self.num_channels) != self.num_channels:
             self.backbone_config.num_channels = self.num_channels
-
-    @classmethod
-    def dino_like(cls, **overrides: Any) -> PretrainedConfig:
-        """The fast-converging preset, a [`DeformableDetrConfig`]: see `DeformableDetrConfig.dino_like`."""
-        from .configuration_deformable import DeformableDetrConfig
-
-        return DeformableDetrConfig.dino_like(**overrides)
 
     @property
     def num_classes_with_background(self) -> int:

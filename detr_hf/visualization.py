@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .imaging import to_rgb8
+
 __all__ = ["draw_detections", "image_grid", "label_color"]
 
 
@@ -20,8 +22,10 @@ def label_color(label: int) -> tuple[int, int, int]:
 
 
 def _to_pil(image: Any) -> Image.Image:
+    """An 8-bit RGB picture of ``image``: a PIL image by :mod:`detr_hf.imaging`'s policy (16-bit keeps its top 8
+    bits), an array or tensor in [0, 1] scaled by 255, other values clipped to 0..255."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return to_rgb8(image)
     array = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
     if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
         array = array.transpose(1, 2, 0)  # CHW -> HWC

@@ -106,3 +106,48 @@ def load(tmp_path):
         return load_detection_dataset(source, cache_dir=cache, return_report=True, **kwargs)
 
     return _load
+
+
+def free_port() -> int:
+    """A TCP port free at this moment, for the rendezvous of a multi-process test."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pycocotools_stats(
+    ground_truth: dict | str | Path, results: list[dict] | str | Path, cat_ids: list[int] | None = None
+):
+    """``COCOeval.stats`` (12 numbers) of plain pycocotools: the reference every COCO number here must equal.
+
+    ``ground_truth`` is a COCO dict or annotation file, ``results`` a COCO results list or file (neither is modified);
+    ``cat_ids`` restricts the evaluation to those categories (its summary then covers them only).
+    """
+    import contextlib
+    import copy
+    import io
+    import json
+
+    import numpy as np
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if isinstance(results, (str, Path)):
+        results = json.loads(Path(results).read_text(encoding="utf-8"))
+    with contextlib.redirect_stdout(io.StringIO()):
+        if isinstance(ground_truth, (str, Path)):
+            coco_gt = COCO(str(ground_truth))
+        else:
+            coco_gt = COCO()
+            coco_gt.dataset = copy.deepcopy(ground_truth)
+            coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes(copy.deepcopy(results)) if results else COCO()  # loadRes refuses an empty list
+        coco_eval = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        if cat_ids is not None:
+            coco_eval.params.catIds = cat_ids
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return np.asarray(coco_eval.stats)

@@ -15,11 +15,12 @@ from detr_hf import (
     DeformableDetrConfig,
     DeformableDetrForObjectDetection,
     DeformableDetrModel,
+    DeformableDetrModelOutput,
     DetrConfig,
     DetrImageProcessor,
 )
-from detr_hf.attention import MultiScaleDeformableAttention, multi_scale_deformable_attention
 from detr_hf.checkpoint_conversion import convert_state_dict
+from detr_hf.layers.deformable_attention import MultiScaleDeformableAttention, multi_scale_deformable_attention
 
 SMALL_RESNET = {
     "model_type": "resnet",
@@ -63,8 +64,8 @@ def _assert_same_outputs(reference, ours, with_labels: bool = True) -> None:
     torch.testing.assert_close(actual.pred_boxes, expected.pred_boxes, atol=1e-4, rtol=0)
     if with_labels:
         # transformers does not supervise two-stage proposals: our extra `_enc` terms are left out of the comparison
-        weights = ours.criterion.weights
-        encoder = sum(weights.get(k[: -len("_enc")], 0) * v for k, v in actual.loss_dict.items() if k.endswith("_enc"))
+        weights = ours.criterion.weight_dict
+        encoder = sum(weights[k] * v for k, v in actual.loss_dict.items() if k.endswith("_enc"))
         torch.testing.assert_close(actual.loss - encoder, expected.loss, atol=1e-4, rtol=1e-5)
         for key, value in actual.loss_dict.items():
             if not key.endswith("_enc"):
@@ -106,23 +107,28 @@ def test_loads_what_transformers_deformable_detr_writes(tmp_path):
     _assert_same_outputs(reference, loaded.eval())
 
 
-def test_detr_config_delegates_the_preset_and_auto_model_builds_the_base_model():
-    config = DetrConfig.dino_like(backbone_config=SMALL_RESNET, **TINY_DETR)
+def test_the_preset_lives_on_deformable_config_and_auto_model_builds_the_base_model():
+    assert not hasattr(DetrConfig, "dino_like")  # one path to the preset
+    config = DeformableDetrConfig.dino_like(backbone_config=SMALL_RESNET, **TINY_DETR)
     assert type(config) is DeformableDetrConfig and config.use_focal_loss and config.class_cost == 2.0
     assert config.two_stage and config.two_stage_num_proposals == config.num_queries and config.num_denoising
     with pytest.raises(ValueError, match="DeformableDetrForObjectDetection"):  # proposals are scored by its heads
         AutoModel.from_config(config)(*padded_batch([(64, 64)]))
-    config = DetrConfig.dino_like(
+    config = DeformableDetrConfig.dino_like(
         backbone_config=SMALL_RESNET, two_stage=False, mixed_query_selection=False, **TINY_DETR
     )
     base = AutoModel.from_config(config)
     assert type(base) is DeformableDetrModel
     pixels, mask = padded_batch([(64, 64)])
     with torch.no_grad():
-        memory, hidden_states, references, proposals, denoising = base(pixels, pixel_mask=mask)
-    assert len(hidden_states) == len(references) == config.decoder_layers and denoising is None  # only in training
-    assert proposals is None and references[0].shape[-1] == 4  # learned anchor boxes
-    assert hidden_states[-1].shape == (1, config.num_queries, config.d_model) and memory.shape[-1] == config.d_model
+        outputs = base(pixels, pixel_mask=mask)
+    assert isinstance(outputs, DeformableDetrModelOutput)
+    layers, queries, d = config.decoder_layers, config.num_queries, config.d_model
+    assert outputs.intermediate_hidden_states.shape == (layers, 1, queries, d) and outputs.denoising is None
+    torch.testing.assert_close(outputs.last_hidden_state, outputs.intermediate_hidden_states[-1])
+    assert len(outputs.intermediate_reference_points) == layers and outputs.enc_outputs_class is None
+    assert outputs.intermediate_reference_points[0].shape == (1, queries, 4)  # learned anchor boxes
+    assert outputs.encoder_last_hidden_state.shape[-1] == d and outputs.cross_attentions is None
 
 
 def test_two_stage_without_box_refinement_is_refused_clearly():

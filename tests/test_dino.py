@@ -9,7 +9,7 @@ from test_deformable import SMALL_RESNET
 
 from detr_hf import DeformableDetrConfig, DeformableDetrForObjectDetection
 from detr_hf.box_ops import cxcywh_to_xyxy
-from detr_hf.denoising import make_denoising_queries
+from detr_hf.layers.denoising import make_denoising_queries
 
 BACKBONE = {**SMALL_RESNET, "out_features": ["stage2", "stage3", "stage4"]}
 NO_DROPOUT = dict(dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
@@ -154,6 +154,28 @@ def test_another_label_set_renews_or_keeps_the_denoising_label_rows_with_the_cla
     renewed = DeformableDetrForObjectDetection.from_pretrained(tmp_path, num_labels=6)
     assert renewed.model.denoising_label_embed.weight.shape[0] == 7 and renewed.class_embed[-1].out_features == 6
     torch.testing.assert_close(renewed.model.content_embed.weight, model.model.content_embed.weight)  # the rest loads
-    pixels, mask = padded_batch([(64, 64)])
-    loss = kept.train()(pixels, pixel_mask=mask, labels=random_labels([2], num_labels=2)).loss
-    assert torch.isfinite(loss)
+
+
+def test_selected_classes_predict_what_the_full_model_predicted_for_them():
+    """Keeping classes 3 and 1 of four: the same boxes, scored by those two columns. The two-stage proposals are
+    picked by the class-agnostic first column of the encoder's head, which must stay first."""
+    model = dino().eval()
+    labels_before = model.model.denoising_label_embed.weight.detach().clone()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # box heads that really predict, so that boxes depend on the decoder's states
+        for head in model.bbox_embed:
+            head.layers[-1].weight.add_(torch.randn(head.layers[-1].weight.shape, generator=generator) * 0.1)
+    pixels, mask = padded_batch([(64, 80), (48, 64)])
+    with torch.no_grad():
+        before = model(pixels, pixel_mask=mask)
+    model.select_classes([3, 1], ["circle", "triangle"])
+    assert model.config.id2label == {0: "circle", 1: "triangle"} and model.config.label2id["triangle"] == 1
+    assert model.criterion.num_classes == 2 and model.model.denoising_label_embed.num_embeddings == 3
+    torch.testing.assert_close(model.model.denoising_label_embed.weight, labels_before[[3, 1, 4]])  # + padding row
+    with torch.no_grad():
+        after = model(pixels, pixel_mask=mask)
+    torch.testing.assert_close(after.pred_boxes, before.pred_boxes)
+    torch.testing.assert_close(after.logits, before.logits[..., [3, 1]])
+    loss = model.train()(pixels, pixel_mask=mask, labels=random_labels([2, 1], num_labels=2)).loss
+    loss.backward()  # the shrunk heads train
+    assert model.class_embed[0].weight.grad.shape == (2, model.config.d_model)

@@ -50,16 +50,22 @@ def processor() -> DetrImageProcessor:
 # ---------------------------------------------------------------------------- pixel values
 
 
-def test_transformers_detr_processor_resolves_to_pil_backend_without_torchvision():
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("torchvision is installed, so transformers.DetrImageProcessor is the torchvision backend")
-    assert transformers.DetrImageProcessor is DetrImageProcessorPil
-    out = transformers.DetrImageProcessor()(random_image(30, 40), return_tensors="pt")
-    assert out["pixel_values"].shape == (1, 3, 800, 1066)
+@pytest.mark.parametrize(
+    "height,width,expected",
+    [
+        (30, 40, (800, 1066)),  # short side to 800; the long side 40 * 800 / 30 = 1066.7 is truncated
+        (40, 30, (1066, 800)),
+        (30, 100, (400, 1333)),  # 800 would make the long side 2667: capped at 1333, short side round(399.9)
+        (2000, 1500, (1066, 800)),  # shrinking follows the same rule
+        (800, 1333, (800, 1333)),  # already the size: untouched
+    ],
+)
+def test_default_size_is_short_side_800_long_side_at_most_1333(processor, height, width, expected):
+    """The default resize from first principles (DETR's rule), independent of transformers' implementation."""
+    out = processor(random_image(height, width))
+    assert tuple(out["pixel_values"].shape) == (1, 3, *expected)
+    assert tuple(out["pixel_mask"].shape) == (1, *expected) and bool(out["pixel_mask"].all())
+    assert get_resize_output_size(height, width, processor.size) == expected
 
 
 @pytest.mark.parametrize(

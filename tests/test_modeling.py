@@ -10,8 +10,8 @@ from transformers import ResNetConfig
 from transformers.loss.loss_for_object_detection import ForObjectDetectionLoss
 
 from detr_hf import DetrConfig, DetrForObjectDetection
-from detr_hf.backbone import FrozenBatchNorm2d
 from detr_hf.configuration_detr import resnet_config_for
+from detr_hf.layers.frozen_batch_norm import FrozenBatchNorm2d
 
 
 def test_tiny_model_matches_transformers_on_padded_batch(twin):
@@ -100,12 +100,28 @@ def test_backbone_uses_frozen_batch_norm_and_trains_stages_two_to_four():
     backbone = model.model.backbone.model
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
     assert any(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules())
-    trainable = {n.split(".layers")[0] for n, p in backbone.named_parameters() if p.requires_grad}
-    assert trainable == {"encoder.stages.1", "encoder.stages.2", "encoder.stages.3"}
+
+    def trainable() -> set[str]:
+        return {n.split(".layers")[0] for n, p in backbone.named_parameters() if p.requires_grad}
+
+    assert trainable() == {"encoder.stages.1", "encoder.stages.2", "encoder.stages.3"}
     model.model.freeze_backbone()
-    assert not any(p.requires_grad for p in backbone.parameters())
-    model.model.unfreeze_backbone()
-    assert sum(p.requires_grad for p in backbone.parameters()) > 0
+    assert trainable() == set()
+    model.model.unfreeze_backbone()  # back to the configured stages: the stem and stage 1 stay frozen
+    assert trainable() == {"encoder.stages.1", "encoder.stages.2", "encoder.stages.3"}
+
+
+def test_frozen_batch_norm_computes_batch_norm_in_eval_mode():
+    generator = torch.Generator().manual_seed(0)
+    norm = torch.nn.BatchNorm2d(6, eps=1e-3).eval()
+    with torch.no_grad():
+        for tensor in (norm.weight, norm.bias, norm.running_mean):
+            tensor.copy_(torch.randn(6, generator=generator))
+        norm.running_var.copy_(torch.rand(6, generator=generator) + 0.5)
+    frozen = FrozenBatchNorm2d(6, eps=1e-3)
+    frozen.load_state_dict(norm.state_dict())  # num_batches_tracked is dropped
+    x = torch.randn(2, 6, 5, 7, generator=generator)
+    torch.testing.assert_close(frozen(x), norm(x))
 
 
 def test_inference_fuses_the_backbone_and_follows_weight_updates():

@@ -5,6 +5,7 @@ ds = load_detection_dataset("path/to/export", format="auto")
 export_coco(ds["validation"], "val.json")
 """
 
+from .formats import export_dataset
 from .formats.coco import export_coco
 from .formats.csv_table import export_csv
 from .formats.voc import export_voc
@@ -43,6 +44,7 @@ __all__ = [
     "detr_scales",
     "export_coco",
     "export_csv",
+    "export_dataset",
     "export_voc",
     "export_yolo",
     "get_category_mapping",

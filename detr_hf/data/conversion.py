@@ -20,23 +20,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import PurePosixPath
 
 import PIL.Image
-import PIL.ImageOps
 from datasets import Features, Value
 
-from .decode import HIGH_DEPTH_MODES, exif_orientation, high_depth_to_8bit
+from ..box_ops import xyxy_to_xywh
+from ..imaging import HIGH_DEPTH_MODES, SWAPPING_ORIENTATIONS, exif_orientation, high_depth_to_8bit, upright
 from .formats.base import IGNORE_ALL_CLASSES, SourceImage, SourceObject
-from .formats.geometry import (
-    SWAPPING_ORIENTATIONS,
-    clip_box,
-    exif_transpose_box,
-    is_finite_box,
-    scale_box,
-    xyxy_to_xywh,
-)
+from .formats.coordinates import clip_box, exif_transpose_box, is_finite_box, scale_box
 from .report import Issue
 
 ISSUES_COLUMN, KEEP_COLUMN = "_issues", "_keep"
-# Modes a detector cannot take as they are (RGB conversion would clip 16-bit values): stored as 8-bit instead.
 # The largest image PIL opens by default (it warns above half this, at PIL.Image.MAX_IMAGE_PIXELS, and refuses beyond).
 DEFAULT_MAX_IMAGE_PIXELS = 2 * PIL.Image.MAX_IMAGE_PIXELS if PIL.Image.MAX_IMAGE_PIXELS else None
 
@@ -186,7 +178,7 @@ def check_pixels(size: tuple[int, int], max_image_pixels: int | None) -> None:
         )
 
 
-def open_image(
+def read_image(
     unit: SourceImage, verify: bool, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS
 ) -> tuple[dict, tuple[int, int], int, str | None]:
     """The ``image`` column value, the stored size, the EXIF orientation and a note if the pixels were converted.
@@ -202,7 +194,7 @@ def open_image(
         orientation = exif_orientation(image)
         if image.mode in HIGH_DEPTH_MODES:
             image.load()
-            converted = high_depth_to_8bit(PIL.ImageOps.exif_transpose(image))
+            converted = high_depth_to_8bit(upright(image))
             buffer = io.BytesIO()
             converted.save(buffer, format="PNG")
             name = PurePosixPath(unit.file_name).with_suffix(".png").as_posix()
@@ -236,7 +228,7 @@ def build_row(unit: SourceImage, options: RowOptions) -> dict:
     issues = RowIssues(unit.ann_file)
     record = unit.record or unit.file_name
     try:
-        image_value, (raw_w, raw_h), orientation, note = open_image(
+        image_value, (raw_w, raw_h), orientation, note = read_image(
             unit, options.verify_images, options.max_image_pixels
         )
     except Exception as e:  # PIL raises many types for corrupt data; all mean "does not decode"

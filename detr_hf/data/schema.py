@@ -14,6 +14,7 @@ dataset.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,13 +52,17 @@ def class_names_of(dataset: Dataset) -> list[str]:
     return list(dataset.features["objects"]["category"].feature.names)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Category:
-    """A label of the dataset and what it was in the source."""
+    """A class: its name, what it was in the source, and its label in the dataset.
 
-    label: int
+    Format readers describe the source's classes with ``label=None`` (the class list is settled later: the user's,
+    the source's or the names found); a :class:`CategoryMapping` gives every category its label.
+    """
+
+    label: int | None = None
     name: str
-    source_id: int | None = None
+    source_id: int | None = None  # the id in the source (COCO category id, YOLO class index)
     supercategory: str | None = None
 
 
@@ -68,8 +73,23 @@ class CategoryMapping:
     categories: list[Category]
 
     @classmethod
-    def default(cls, class_names: list[str]) -> CategoryMapping:
-        return cls([Category(label=i, name=n) for i, n in enumerate(class_names)])
+    def for_names(cls, class_names: Sequence[str], source: Iterable[Category] | None = None) -> CategoryMapping:
+        """The mapping of the class list ``class_names`` (label = position): a name keeps the source id and
+        supercategory of the ``source`` category of that name, when there is one (the identity mapping otherwise)."""
+        by_name = {c.name: c for c in source or ()}
+        empty = Category(name="")
+        return cls(
+            [
+                Category(label=i, name=n, source_id=by_name.get(n, empty).source_id,
+                         supercategory=by_name.get(n, empty).supercategory)
+                for i, n in enumerate(class_names)
+            ]
+        )  # fmt: skip
+
+    @classmethod
+    def default(cls, class_names: Sequence[str]) -> CategoryMapping:
+        """The identity mapping: every label is its own source id."""
+        return cls.for_names(class_names)
 
     @property
     def names(self) -> list[str]:

@@ -21,7 +21,7 @@ import hashlib
 import io
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +30,9 @@ import numpy as np
 from datasets import Dataset, DatasetDict
 from PIL import Image
 
+from . import synthetic_drawing
 from .schema import detection_features
+from .synthetic_drawing import AVAILABLE_SHAPES, OUTLINES, background, fill, luma, random_color, shape_alpha
 
 __all__ = [
     "AVAILABLE_SHAPES",
@@ -41,179 +43,10 @@ __all__ = [
     "make_synthetic_dataset",
 ]
 
-# Shapes are drawn on a canvas this many times finer than the image, then area-averaged: anti-aliased edges.
-_SUPERSAMPLE = 4
 _CHUNK = 64  # images per generator shard; shards are what ``num_proc`` distributes
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 _MIN_CONTRAST = 60.0  # RGB distance between a shape's colour and the mean of what it covers
 _MIN_GRAY_CONTRAST = 28.0  # same, on luma, when generating grayscale images
-
-
-# ----------------------------------------------------------------------------------------------------------- shapes
-def _regular_polygon(sides: int, start: float) -> np.ndarray:
-    angles = start + 2 * math.pi * np.arange(sides) / sides
-    return np.stack([np.cos(angles), np.sin(angles)], axis=1)
-
-
-def _star(points: int, inner: float) -> np.ndarray:
-    angles = -math.pi / 2 + math.pi * np.arange(2 * points) / points
-    radii = np.where(np.arange(2 * points) % 2 == 0, 1.0, inner)
-    return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
-
-
-def _cross(arm: float) -> np.ndarray:
-    a = arm
-    return np.array(
-        [[-a, -1], [a, -1], [a, -a], [1, -a], [1, a], [a, a], [a, 1], [-a, 1], [-a, a], [-1, a], [-1, -a], [-a, -a]],
-        dtype=np.float64,
-    )
-
-
-# Unit outlines (any scale; they are normalized when drawn). ``None`` marks the circle, drawn as an ellipse.
-_OUTLINES: dict[str, np.ndarray | None] = {
-    "circle": None,
-    "square": _regular_polygon(4, math.pi / 4),
-    "triangle": _regular_polygon(3, -math.pi / 2),
-    "pentagon": _regular_polygon(5, -math.pi / 2),
-    "hexagon": _regular_polygon(6, 0.0),
-    "star": _star(5, 0.45),
-    "cross": _cross(0.33),
-}
-AVAILABLE_SHAPES: tuple[str, ...] = tuple(_OUTLINES)
-
-
-def _shape_alpha(name: str, size: float, rng: np.random.Generator) -> np.ndarray:
-    """Coverage in [0, 1] of one shape whose bounding box has longest side ``size`` px, randomly rotated.
-
-    The array is the shape's full extent plus a 1 px margin; the shape sits at a random sub-pixel offset in it.
-    """
-    outline = _OUTLINES[name]
-    s = _SUPERSAMPLE
-    offset = rng.uniform(0.0, 1.0, size=2)  # sub-pixel position, in image pixels
-    if outline is None:
-        extent = np.array([size, size])
-    else:
-        angle = rng.uniform(0.0, 2 * math.pi)
-        rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
-        points = outline @ rotation.T
-        points -= points.min(axis=0)
-        points *= size / points.max()
-        extent = points.max(axis=0)
-    width, height = (math.ceil(e + o) + 2 for e, o in zip(extent, offset))
-    canvas = np.zeros((height * s, width * s), dtype=np.uint8)
-    origin = (offset + 1.0) * s  # 1 px margin keeps the anti-aliased edge inside the canvas
-    if outline is None:
-        radius = size * s / 2
-        center = origin + radius
-        cv2.ellipse(
-            canvas,
-            (round(center[0] * 16), round(center[1] * 16)),
-            (round(radius * 16),) * 2,
-            0,
-            0,
-            360,
-            255,
-            thickness=-1,
-            lineType=cv2.LINE_8,
-            shift=4,
-        )
-    else:
-        pts = np.round((points * s + origin) * 16).astype(np.int32)
-        cv2.fillPoly(canvas, [pts], 255, lineType=cv2.LINE_8, shift=4)
-    return cv2.resize(canvas, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-
-
-# ------------------------------------------------------------------------------------------------------ backgrounds
-def _random_color(rng: np.random.Generator) -> np.ndarray:
-    return rng.uniform(0.0, 255.0, size=3).astype(np.float32)
-
-
-def _coords(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
-
-
-def _blend(t: np.ndarray, color_a: np.ndarray, color_b: np.ndarray) -> np.ndarray:
-    """Per-pixel mix of two colours by ``t`` in [0, 1], shape (H, W, 3)."""
-    return color_a + t[..., None] * (color_b - color_a)
-
-
-def _value_noise(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    cells = int(rng.integers(2, 10))
-    grid = rng.uniform(0.0, 255.0, size=(cells, cells, 3)).astype(np.float32)
-    return cv2.resize(grid, (width, height), interpolation=cv2.INTER_CUBIC)
-
-
-def _gradient(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    xs, ys = _coords(height, width)
-    angle = rng.uniform(0.0, 2 * math.pi)
-    t = xs * math.cos(angle) + ys * math.sin(angle)
-    t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
-    return _blend(t, _random_color(rng), _random_color(rng))
-
-
-def _stripes(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    xs, ys = _coords(height, width)
-    angle = rng.uniform(0.0, math.pi)
-    period = rng.uniform(4.0, 28.0)
-    sharpness = rng.uniform(1.0, 6.0)  # 1: soft sine, 6: nearly hard-edged bars
-    wave = np.sin(2 * math.pi * (xs * math.cos(angle) + ys * math.sin(angle)) / period + rng.uniform(0, 2 * math.pi))
-    t = 0.5 + 0.5 * np.tanh(sharpness * wave) / math.tanh(sharpness)
-    return _blend(t, _random_color(rng), _random_color(rng))
-
-
-def _blotches(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    canvas = np.empty((height, width, 3), dtype=np.float32)
-    canvas[:] = _random_color(rng)
-    scale = max(height, width)
-    for _ in range(int(rng.integers(6, 26))):
-        center = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-        axes = (int(rng.uniform(0.04, 0.3) * scale), int(rng.uniform(0.04, 0.3) * scale))
-        cv2.ellipse(canvas, center, axes, float(rng.uniform(0, 180)), 0, 360, _random_color(rng).tolist(), -1)
-    sigma = rng.uniform(3.0, 6.0)  # blurred enough never to pass for a shape
-    return cv2.GaussianBlur(canvas, (0, 0), sigma)
-
-
-_BACKGROUNDS: tuple[Callable[[np.random.Generator, int, int], np.ndarray], ...] = (
-    _value_noise,
-    _gradient,
-    _stripes,
-    _blotches,
-)
-
-
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    layers = [_BACKGROUNDS[int(rng.integers(len(_BACKGROUNDS)))](rng, height, width)]
-    if rng.random() < 0.5:
-        second = _BACKGROUNDS[int(rng.integers(len(_BACKGROUNDS)))](rng, height, width)
-        layers[0] = layers[0] + rng.uniform(0.25, 0.6) * (second - layers[0])
-    canvas = np.ascontiguousarray(layers[0])
-    # Thin unlabelled clutter: edges that are not objects.
-    for _ in range(int(rng.integers(0, 6))):
-        start = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-        end = (int(rng.integers(0, width)), int(rng.integers(0, height)))
-        cv2.line(canvas, start, end, _random_color(rng).tolist(), int(rng.integers(1, 3)), lineType=cv2.LINE_AA)
-    return canvas
-
-
-# ------------------------------------------------------------------------------------------------------------ fills
-def _fill(rng: np.random.Generator, color: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The texture of one shape: solid (50 %), a linear gradient (30 %) or stripes (20 %) around ``color``."""
-    style = rng.random()
-    if style < 0.5:
-        return np.broadcast_to(color, (height, width, 3))
-    other = np.clip(color + rng.uniform(-70.0, 70.0, size=3), 0, 255).astype(np.float32)
-    xs, ys = _coords(height, width)
-    angle = rng.uniform(0.0, 2 * math.pi)
-    t = xs * math.cos(angle) + ys * math.sin(angle)
-    if style < 0.8:
-        t = (t - t.min()) / max(float(np.ptp(t)), 1e-6)
-    else:
-        t = (np.sin(2 * math.pi * t / rng.uniform(3.0, 9.0)) > 0).astype(np.float32)
-    return _blend(t, color, other)
-
-
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 # ------------------------------------------------------------------------------------------------------- generation
@@ -234,7 +67,7 @@ class SyntheticShapesConfig:
     placement_tries: int = 30
 
     def __post_init__(self) -> None:
-        unknown = [name for name in self.classes if name not in _OUTLINES]
+        unknown = [name for name in self.classes if name not in OUTLINES]
         if unknown or not self.classes:
             raise ValueError(f"Unknown shape class(es) {unknown} (or none given); available: {list(AVAILABLE_SHAPES)}")
         if len(set(self.classes)) != len(self.classes):
@@ -277,10 +110,10 @@ def _contrasting_color(rng: np.random.Generator, under: np.ndarray, grayscale: b
     """A random colour that stands out from ``under`` (the mean colour of what the shape covers)."""
     best, best_score = None, -1.0
     for _ in range(12):
-        color = _random_color(rng)
+        color = random_color(rng)
         score = float(np.linalg.norm(color - under))
         if grayscale:
-            score = min(score, abs(float(_luma(color) - _luma(under))) * _MIN_CONTRAST / _MIN_GRAY_CONTRAST)
+            score = min(score, abs(float(luma(color) - luma(under))) * _MIN_CONTRAST / _MIN_GRAY_CONTRAST)
         if score >= _MIN_CONTRAST:
             return color
         if score > best_score:
@@ -291,7 +124,7 @@ def _contrasting_color(rng: np.random.Generator, under: np.ndarray, grayscale: b
 def generate_image(rng: np.random.Generator, config: SyntheticShapesConfig) -> SyntheticImage:
     """Draw one image and its labels with ``rng`` (see the module docstring for what is drawn and labelled)."""
     height, width = config.height, config.width
-    canvas = _background(rng, height, width)
+    canvas = background(rng, height, width)
     owner = np.full((height, width), -1, dtype=np.int16)  # index of the shape that owns each pixel, -1: background
     target = int(rng.integers(config.min_objects, config.max_objects + 1))
     full_counts: list[int] = []  # pixels of each placed shape, including those outside the image
@@ -304,7 +137,7 @@ def generate_image(rng: np.random.Generator, config: SyntheticShapesConfig) -> S
     while len(categories) < target and attempts < config.placement_tries * max(target, 1):
         attempts += 1
         category = int(rng.integers(len(config.classes)))
-        alpha = _shape_alpha(config.classes[category], _sample_size(rng, config), rng)
+        alpha = shape_alpha(config.classes[category], _sample_size(rng, config), rng)
         mask = alpha >= 0.5
         full = int(mask.sum())
         ah, aw = alpha.shape
@@ -331,7 +164,7 @@ def generate_image(rng: np.random.Generator, config: SyntheticShapesConfig) -> S
         local_alpha = alpha[y0 - top : y1 - top, x0 - left : x1 - left, None]
         under = canvas[y0:y1, x0:x1]
         color = _contrasting_color(rng, under[local].mean(axis=0), config.grayscale)
-        texture = _fill(rng, color, y1 - y0, x1 - x0)
+        texture = fill(rng, color, y1 - y0, x1 - x0)
         canvas[y0:y1, x0:x1] = under + local_alpha * (texture - under)
         owner[y0:y1, x0:x1][local] = len(categories)
         visible_counts = [*list(np.asarray(visible_counts, dtype=np.int64) - covered), int(local.sum())]
@@ -353,7 +186,7 @@ def generate_image(rng: np.random.Generator, config: SyntheticShapesConfig) -> S
     canvas = canvas + np.float32(rng.uniform(0.0, 10.0)) * rng.standard_normal(size=canvas.shape, dtype=np.float32)
     image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
     if config.grayscale:
-        image = np.clip(np.rint(_luma(image.astype(np.float32))), 0, 255).astype(np.uint8)
+        image = np.clip(np.rint(luma(image.astype(np.float32))), 0, 255).astype(np.uint8)
 
     boxes = np.zeros((len(categories), 4), dtype=np.float32)
     for index, (y0, y1, x0, x1) in enumerate(regions):
@@ -410,8 +243,9 @@ def _generate_examples(chunks: list[tuple[int, int]], split: str, seed: int, con
 
 
 def _source_digest() -> str:
-    """Changes whenever this file does, so a cached dataset is never reused across generator changes."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    """Changes whenever the generator's code does, so a cached dataset is never reused across generator changes."""
+    sources = (Path(__file__), Path(synthetic_drawing.__file__))
+    return hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:16]
 
 
 def make_synthetic_dataset(

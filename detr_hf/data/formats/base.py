@@ -9,48 +9,22 @@ through :meth:`ReadContext.issue`, which raises at once under ``strict=True``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
 
 from ..report import ConversionReport, DatasetValidationError, Issue
+from ..schema import Category
+from ..splits import split_from_text
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
-
-_SPLIT_ALIASES = {
-    "train": "train",
-    "training": "train",
-    "trainval": "train",
-    "val": "validation",
-    "valid": "validation",
-    "validation": "validation",
-    "dev": "validation",
-    "test": "test",
-    "testing": "test",
-}
-
-
-def normalize_split_name(name: str) -> str:
-    """``val``/``valid``/``dev`` -> ``validation``, ``training`` -> ``train``; anything else is made a safe name."""
-    key = name.strip().lower()
-    if key in _SPLIT_ALIASES:
-        return _SPLIT_ALIASES[key]
-    return re.sub(r"[^\w]+", "_", key).strip("_") or "train"
-
-
-def split_from_text(text: str) -> str | None:
-    """The split a file or folder name refers to (``instances_val2017`` -> ``validation``), if any."""
-    tokens = [t for t in re.split(r"[^a-z]+", text.lower()) if t]
-    for token in reversed(tokens):  # "instances_train2017": the last split-like word wins
-        if token in _SPLIT_ALIASES:
-            return _SPLIT_ALIASES[token]
-    return None
-
 
 # A SourceObject of this name (with iscrowd=1) is a region to ignore for every class (LabelMe's ``__ignore__``).
 IGNORE_ALL_CLASSES = "__ignore__"
@@ -89,22 +63,13 @@ class SourceImage:
 
 
 @dataclass
-class SourceCategory:
-    """A class as the source defines it; ``source_id`` is its id in the source (COCO id, YOLO index)."""
-
-    name: str
-    source_id: int | None = None
-    supercategory: str | None = None
-
-
-@dataclass
 class SourceData:
     """What a reader found: its images (an iterator, read once), and the class list when the source defines one, in
-    its order. ``categories`` may be filled while ``images`` is consumed (a CVAT file's labels, COCO split files):
+    its order (:class:`~detr_hf.data.schema.Category` without labels: ``name``, ``source_id``, ``supercategory``). ``categories`` may be filled while ``images`` is consumed (a CVAT file's labels, COCO split files):
     read it afterwards. ``None`` means the source names classes only on its boxes."""
 
     images: Iterable[SourceImage]
-    categories: list[SourceCategory] | None = None
+    categories: list[Category] | None = None
 
 
 def walk_files(root: Path, suffix: str) -> list[str]:
@@ -326,6 +291,70 @@ class ReadContext:
             return SourceImage(file_name=file_name, ann_file=ann_file, **fields)
         path = os.path.abspath(path)
         return SourceImage(file_name=self.file_name(path), ann_file=ann_file, path=path, stat=self.stat(path), **fields)
+
+
+def report_rejected(
+    ctx: ReadContext, candidates: Iterable[str | Path], accepted: Iterable[str | Path], problem: Callable, what: str
+) -> list[str]:
+    """Report each of ``candidates`` (files of the format's extension) that the reader does not read and that
+    ``problem(path)`` finds broken (empty, not UTF-8, not parseable) as a ``malformed`` fix naming it; a file of
+    another kind (``problem`` gives None) is passed over. Returns ``"file (problem)"`` for each one reported."""
+    accepted = {os.path.abspath(p) for p in accepted}
+    out = []
+    for path in candidates:
+        if os.path.abspath(path) in accepted:
+            continue
+        why = problem(Path(path))
+        if why:
+            ctx.issue("malformed", ctx.rel(path), "", f"not read as {what}: {why}")
+            out.append(f"{ctx.rel(path)} ({why})")
+    return out
+
+
+def no_files_error(ctx: ReadContext, message: str, rejected: list[str]) -> DatasetValidationError:
+    """The error of a reader that found none of its files: ``message``, and the broken candidates it passed over."""
+    if rejected:
+        message += f"; files not read: {', '.join(rejected[:5])}" + (" ..." if len(rejected) > 5 else "")
+    return DatasetValidationError(f"{ctx.root}: {message}")
+
+
+def json_problem(path: Path) -> str | None:
+    """Why a ``.json`` file is no annotation file at all (empty, not UTF-8, not JSON, not an object), else None."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        return f"not UTF-8 ({e.reason} at byte {e.start})"
+    if not text.strip():
+        return "empty file"
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        return f"not valid JSON ({e})"
+    return None if isinstance(data, dict) else f"the top level is a JSON {type(data).__name__}, not an object"
+
+
+def xml_problem(path: Path) -> str | None:
+    """Why a ``.xml`` file is no annotation file at all (empty, or not valid XML), else None."""
+    if not path.read_bytes().strip():
+        return "empty file"
+    try:
+        ET.parse(path)
+    except ET.ParseError as e:
+        return f"not valid XML ({e})"
+    return None
+
+
+class AnnotationFormat(Protocol):
+    """What a format module defines to be registered in ``formats.FORMAT_MODULES`` (modules match it by shape)."""
+
+    NAME: str  # the ``format=`` value
+    ALIASES: tuple[str, ...]  # other spellings accepted for it
+
+    def find_files(self, root: Path) -> Sequence:
+        """The files under ``root`` that show the folder is in this format (detection counts them; none: not it)."""
+
+    def read(self, ctx: ReadContext, **options: Any) -> SourceData:
+        """The annotations under ``ctx.root``, problems reported through ``ctx.issue`` (optional: ``export``)."""
 
 
 class UnsupportedShapeError(Exception):

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from datasets import Dataset
 
+from ...box_ops import xywh_to_xyxy
 from ..report import DatasetValidationError
-from ..schema import CategoryMapping, get_category_mapping
-from .base import ReadContext, SourceCategory, SourceData, SourceImage, SourceObject, split_from_text
-from .geometry import flat_points_bounds, xywh_to_xyxy
+from ..schema import Category, CategoryMapping, get_category_mapping
+from ..splits import split_from_text
+from .base import ReadContext, SourceData, SourceImage, SourceObject, json_problem, no_files_error, report_rejected
+from .coordinates import flat_points_bounds, parse_flag
 
 NAME = "coco"
+ALIASES: tuple[str, ...] = ("coco_json",)
 _REQUIRED_KEYS = ('"images"', '"annotations"')
 
 
@@ -76,7 +80,7 @@ def _json_type(value: object) -> str:
     return {dict: "object", list: "list", str: "string", bool: "boolean"}.get(type(value), type(value).__name__)
 
 
-def _read_categories(categories: list, ann_file: str, known: dict[int, SourceCategory]) -> None:
+def _read_categories(categories: list, ann_file: str, known: dict[int, Category]) -> None:
     for k, c in enumerate(categories):
         if not isinstance(c, dict) or "id" not in c or "name" not in c:
             raise DatasetValidationError(f"{ann_file}: categories[{k}] needs an 'id' and a 'name', got {c!r}")
@@ -89,7 +93,7 @@ def _read_categories(categories: list, ann_file: str, known: dict[int, SourceCat
             raise DatasetValidationError(
                 f"{ann_file}: category id {cid} is named {name!r} here but {known[cid].name!r} in another file"
             )
-        known[cid] = SourceCategory(name=name, source_id=cid, supercategory=c.get("supercategory"))
+        known[cid] = Category(name=name, source_id=cid, supercategory=c.get("supercategory"))
 
 
 def _read_box(ann: dict) -> tuple[tuple[float, float, float, float], bool]:
@@ -98,7 +102,7 @@ def _read_box(ann: dict) -> tuple[tuple[float, float, float, float], bool]:
     if bbox is not None:
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
             raise ValueError(f"bbox must be [x, y, w, h], got {bbox!r}")
-        return xywh_to_xyxy(*(float(v) for v in bbox)), False
+        return xywh_to_xyxy(bbox), False
     segmentation = ann.get("segmentation")
     if isinstance(segmentation, list) and segmentation and all(isinstance(p, list) for p in segmentation):
         points = [v for polygon in segmentation for v in polygon]
@@ -106,7 +110,64 @@ def _read_box(ann: dict) -> tuple[tuple[float, float, float, float], bool]:
     raise ValueError("no bbox, and no polygon to take one from")
 
 
-def read_file(path: Path, split: str | None, ctx: ReadContext, categories: dict[int, SourceCategory]) -> list:
+class _AnnotationProblem(ValueError):
+    """Why an annotation is left out, and the report's issue kind for it."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class _Annotation(NamedTuple):
+    image_id: int
+    category_id: int
+    box: tuple[float, float, float, float]  # xyxy
+    from_polygon: bool
+    ann_id: int | None
+
+
+def _parse_annotation(ann: object, image_ids: Container[int], category_ids: Container[int]) -> _Annotation:
+    """The fields the reader keeps from one COCO annotation; raises :class:`_AnnotationProblem` when it can't."""
+    if not isinstance(ann, dict):
+        raise _AnnotationProblem("malformed", f"a JSON {_json_type(ann)}, not an annotation object")
+    try:
+        image_id = int(ann["image_id"])
+        category_id = int(ann["category_id"])
+        box, from_polygon = _read_box(ann)
+        ann_id = int(ann["id"]) if ann.get("id") is not None else None
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise _AnnotationProblem("malformed", f"unreadable annotation: {e}") from None
+    if image_id not in image_ids:
+        raise _AnnotationProblem("orphan_annotation", f"image id {image_id} is not in 'images'")
+    if category_id not in category_ids:
+        raise _AnnotationProblem("unknown_class", f"category id {category_id} is not in 'categories'")
+    return _Annotation(image_id, category_id, box, from_polygon, ann_id)
+
+
+def _flag(ann: dict, key: str, ctx: ReadContext, ann_file: str, record: str) -> int:
+    """A 0/1 flag of an annotation; any other value is a ``malformed`` fix and reads as 0."""
+    value = parse_flag(ann.get(key))
+    if value is None:
+        ctx.issue("malformed", ann_file, record, f"{key} is {ann.get(key)!r}, not 0 or 1: read as 0")
+        return 0
+    return value
+
+
+def annotation_problem(ann: dict, image_ids: Container[int], category_ids: Container[int]) -> str | None:
+    """Why the COCO reader would leave annotation ``ann`` out (in its words), or None when it keeps it.
+
+    The checks are the reader's: an object with integer ``image_id`` and ``category_id`` found in ``image_ids`` and
+    ``category_ids``, an optional integer ``id``, and a box (``bbox`` as ``[x, y, w, h]``, or a polygon
+    ``segmentation`` to take one from). Whether the box is finite and inside its image is checked later, on the image.
+    """
+    try:
+        _parse_annotation(ann, image_ids, category_ids)
+    except _AnnotationProblem as problem:
+        return str(problem)
+    return None
+
+
+def read_file(path: Path, split: str | None, ctx: ReadContext, categories: dict[int, Category]) -> list:
     ann_file = ctx.rel(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
@@ -147,41 +208,24 @@ def read_file(path: Path, split: str | None, ctx: ReadContext, categories: dict[
             record=f"image id {image_id}",
         )  # fmt: skip
     for k, ann in enumerate(anns):
-        if not isinstance(ann, dict):
-            ctx.issue("malformed", ann_file, f"annotations[{k}]", f"a JSON {_json_type(ann)}, not an annotation object",
-                      boxes_lost=1)  # fmt: skip
-            continue
-        record = f"annotation id {ann.get('id', '?')}"
+        record = f"annotation id {ann.get('id', '?')}" if isinstance(ann, dict) else f"annotations[{k}]"
         try:
-            image_id = int(ann["image_id"])
-            category_id = int(ann["category_id"])
-            box, from_polygon = _read_box(ann)
-            ann_id = int(ann["id"]) if ann.get("id") is not None else None
-        except (KeyError, TypeError, ValueError, OverflowError) as e:
-            ctx.issue("malformed", ann_file, record, f"unreadable annotation: {e}", boxes_lost=1)
+            parsed = _parse_annotation(ann, images, categories)
+        except _AnnotationProblem as problem:
+            ctx.issue(problem.kind, ann_file, record, str(problem), boxes_lost=1)
             continue
-        image = images.get(image_id)
-        if image is None:
-            ctx.issue("orphan_annotation", ann_file, record, f"image id {image_id} is not in 'images'", boxes_lost=1)
-            continue
-        if category_id not in categories:
-            ctx.issue(
-                "unknown_class", ann_file, record, f"category id {category_id} is not in 'categories'", boxes_lost=1
-            )
-            continue
-        if from_polygon:
+        image = images[parsed.image_id]
+        if parsed.from_polygon:
             ctx.issue("shape_to_box", ann_file, record, "no bbox: used the polygon's enclosing box")
         area = ann.get("area")
         image.objects.append(
             SourceObject(
-                name=categories[category_id].name,
-                box=box,
+                name=categories[parsed.category_id].name,
+                box=parsed.box,
                 record=record,
-                source_id=ann_id,
+                source_id=parsed.ann_id,
                 area=float(area) if isinstance(area, (int, float)) else None,
-                iscrowd=int(bool(ann.get("iscrowd", 0))),
-                difficult=int(bool(ann.get("difficult", 0))),
-                truncated=int(bool(ann.get("truncated", 0))),
+                **{key: _flag(ann, key, ctx, ann_file, record) for key in ("iscrowd", "difficult", "truncated")},
             )
         )
     return list(images.values())
@@ -190,11 +234,16 @@ def read_file(path: Path, split: str | None, ctx: ReadContext, categories: dict[
 def read(ctx: ReadContext, files: list[str] | None = None) -> SourceData:
     """Read every COCO file under the source folder (or only ``files``, paths relative to it)."""
     paths = [ctx.root / f for f in files] if files else find_files(ctx.root)
+    rejected = []
+    if not files:
+        candidates = sorted(p for p in ctx.root.rglob("*.json") if not p.name.startswith("."))
+        problem = lambda p: None if looks_like_coco(p) else json_problem(p)  # noqa: E731
+        rejected = report_rejected(ctx, candidates, paths, problem, "COCO JSON")
     if not paths:
-        raise DatasetValidationError(f"{ctx.root}: no COCO JSON file (with 'images' and 'annotations') found")
+        raise no_files_error(ctx, "no COCO JSON file (with 'images' and 'annotations') found", rejected)
     splits = _split_names(paths)
-    categories: dict[int, SourceCategory] = {}
-    ordered: list[SourceCategory] = []  # filled once every file is read
+    categories: dict[int, Category] = {}
+    ordered: list[Category] = []  # filled once every file is read
 
     def images() -> Iterator[SourceImage]:
         for path, split in splits.items():
@@ -277,3 +326,6 @@ def export_coco(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(coco), encoding="utf-8")
     return coco
+
+
+export = export_coco  # the registry's name for it (formats.export_dataset)

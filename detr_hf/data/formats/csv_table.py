@@ -10,19 +10,25 @@ naming the line, rather than turning ``café`` into ``caf\ufffd``.
 from __future__ import annotations
 
 import csv
+from functools import partial
 from pathlib import Path
 
 from datasets import Dataset
 
+from ...box_ops import xywh_to_xyxy
 from ..report import DatasetValidationError
 from ..schema import class_names_of
-from .base import ReadContext, SourceData, SourceImage, SourceObject, split_from_text
-from .geometry import format_number, parse_number, xywh_to_xyxy
+from ..splits import split_from_text
+from .base import ReadContext, SourceData, SourceImage, SourceObject, no_files_error, report_rejected
+from .coordinates import format_number, parse_number, parse_size
 from .writing import check_crowd_policy, keep_object, safe_relative
 
 NAME = "csv"
+ALIASES: tuple[str, ...] = ()
 COLUMNS = ("filename", "width", "height", "class", "xmin", "ymin", "xmax", "ymax")
 _REQUIRED = {"filename", "class", "xmin", "ymin", "xmax", "ymax"}
+TABLE_COLUMNS = _REQUIRED
+OPEN_IMAGES_COLUMNS = {"imageid", "labelname", "xmin", "xmax", "ymin", "ymax"}  # read by .openimages
 
 
 def sniff_dialect(head: str) -> type[csv.Dialect] | csv.Dialect:
@@ -55,6 +61,39 @@ def decode_error(path: Path, ann_file: str, error: UnicodeDecodeError) -> Datase
     return DatasetValidationError(f"{ann_file}: not UTF-8 ({error}); save the file as UTF-8")
 
 
+def table_problem(path: Path, required: set[str], other_format: set[str]) -> str | None:
+    """Why a ``.csv`` file that is not read is a broken table of this format (empty, a header that is not UTF-8, or
+    that lacks some of the ``required`` columns while it has others), else None (a table of another kind, such as
+    one with every column of ``other_format``)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head.strip():
+        return "empty file"
+    first = head.split(b"\n", 1)[0]
+    try:
+        first.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        if len(first) < len(head) or len(head) < 4096:  # not a multi-byte character cut by the 4096-byte read
+            return f"the header row is not UTF-8 ({e.reason} at byte {e.start})"
+    header = set(header_of(path))
+    if header >= other_format:
+        return None
+    missing = sorted(required - header)
+    if len(required & header) >= 2:
+        return f"the header lacks the columns {', '.join(missing)}"
+    if b"\n" not in head and len(head) < 4096:
+        return "a single line, no header row with the columns " + ", ".join(sorted(required))
+    return None
+
+
+def report_cut_header(path: Path, ann_file: str, ctx: ReadContext) -> None:
+    """A table that is one header row with no line break after it was most likely cut short: a ``malformed`` fix."""
+    with open(path, "rb") as f:
+        data = f.read(1 << 16)
+    if b"\n" not in data and len(data) < (1 << 16):
+        ctx.issue("malformed", ann_file, "line 1", "only a header row, with no line break after it: file cut short?")
+
+
 def find_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.csv") if set(header_of(p)) >= _REQUIRED)
 
@@ -63,9 +102,12 @@ def read_file(path: Path, split: str | None, ctx: ReadContext) -> list[SourceIma
     """The images one CSV lists. The file must be UTF-8 (a byte-order mark, as Excel writes, is fine)."""
     ann_file = ctx.rel(path)
     try:
-        return _read_rows(path, split, ctx, ann_file)
+        images = _read_rows(path, split, ctx, ann_file)
     except UnicodeDecodeError as e:
         raise decode_error(path, ann_file, e) from None
+    if not images:
+        report_cut_header(path, ann_file, ctx)
+    return images
 
 
 def _read_rows(path: Path, split: str | None, ctx: ReadContext, ann_file: str) -> list[SourceImage]:
@@ -86,12 +128,7 @@ def _read_rows(path: Path, split: str | None, ctx: ReadContext, ann_file: str) -
             name = row[col["filename"]].strip()
             image = images.get(name)
             if image is None:
-                size = None
-                if "width" in col and "height" in col and row[col["width"]].strip() and row[col["height"]].strip():
-                    try:
-                        size = (int(parse_number(row[col["width"]])), int(parse_number(row[col["height"]])))
-                    except ValueError:
-                        size = None
+                size = parse_size(row[col["width"]], row[col["height"]]) if "width" in col and "height" in col else None
                 image = images[name] = ctx.make_image(
                     name, ann_file, base_dirs=(path.parent,), declared_size=size, split=split
                 )
@@ -112,8 +149,10 @@ def _read_rows(path: Path, split: str | None, ctx: ReadContext, ann_file: str) -
 
 def read(ctx: ReadContext) -> SourceData:
     files = find_files(ctx.root)
+    problem = partial(table_problem, required=_REQUIRED, other_format=OPEN_IMAGES_COLUMNS)
+    rejected = report_rejected(ctx, sorted(ctx.root.rglob("*.csv")), files, problem, "a CSV table")
     if not files:
-        raise DatasetValidationError(f"{ctx.root}: no CSV with columns {','.join(COLUMNS)} found")
+        raise no_files_error(ctx, f"no CSV with columns {','.join(COLUMNS)} found", rejected)
     splits = {path: split_from_text(path.stem) if len(files) > 1 else None for path in files}
     for path, split in splits.items():
         if len(files) > 1 and split is None:
@@ -145,8 +184,11 @@ def export_csv(dataset: Dataset, path: str | Path, *, crowd: str = "refuse") -> 
             if not kept:
                 writer.writerow([row["file_name"], row["width"], row["height"], "", "", "", "", ""])
             for j in kept:
-                corners = [format_number(v) for v in xywh_to_xyxy(*objects["bbox"][j])]
+                corners = [format_number(v) for v in xywh_to_xyxy(objects["bbox"][j])]
                 writer.writerow(
                     [row["file_name"], row["width"], row["height"], names[objects["category"][j]], *corners]
                 )
     return path
+
+
+export = export_csv  # the registry's name for it (formats.export_dataset)

@@ -12,19 +12,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..report import DatasetValidationError
+from ..schema import Category
+from ..splits import normalize_split_name
 from .base import (
     ReadContext,
-    SourceCategory,
     SourceData,
     SourceImage,
     SourceObject,
     UnsupportedShapeError,
-    normalize_split_name,
+    no_files_error,
+    report_rejected,
+    xml_problem,
 )
-from .geometry import parse_number, points_bounds, rotated_box_bounds
+from .coordinates import parse_number, parse_size, points_bounds, rotated_box_bounds
 from .voc import xml_root_tag
 
 NAME = "cvat"
+ALIASES: tuple[str, ...] = ("cvat_images",)
 _NOT_BOXES = {"polyline", "points", "cuboid", "skeleton"}
 
 
@@ -62,10 +66,7 @@ def element_box(el: ET.Element) -> tuple[float, float, float, float]:
 def _read_image(el: ET.Element, path: Path, ann_file: str, ctx: ReadContext) -> SourceImage:
     name = el.get("name") or ""
     record = f"image id {el.get('id', '?')}"
-    try:
-        size = (int(parse_number(el.get("width"))), int(parse_number(el.get("height"))))
-    except ValueError:
-        size = None
+    size = parse_size(el.get("width"), el.get("height"))
     subset = el.get("subset")
     split = normalize_split_name(subset) if subset and subset.lower() != "default" else None
     image = ctx.make_image(
@@ -102,13 +103,13 @@ def _read_image(el: ET.Element, path: Path, ann_file: str, ctx: ReadContext) -> 
     return image
 
 
-def read_file(path: Path, ctx: ReadContext, labels: list[SourceCategory]) -> Iterator[SourceImage]:
+def read_file(path: Path, ctx: ReadContext, labels: list[Category]) -> Iterator[SourceImage]:
     ann_file = ctx.rel(path)
     try:
         for _, el in ET.iterparse(path, events=("end",)):
             if el.tag == "labels" and not labels:
                 names = [(lab.findtext("name") or "").strip() for lab in el.findall("label")]
-                labels.extend(SourceCategory(name=n) for n in names if n)
+                labels.extend(Category(name=n) for n in names if n)
             elif el.tag == "track":
                 raise DatasetValidationError(
                     f"{ann_file}: this is a 'CVAT for video' export (it has <track>); export 'CVAT for images'"
@@ -122,7 +123,8 @@ def read_file(path: Path, ctx: ReadContext, labels: list[SourceCategory]) -> Ite
 
 def read(ctx: ReadContext) -> SourceData:
     files = find_files(ctx.root)
+    rejected = report_rejected(ctx, sorted(ctx.root.rglob("*.xml")), files, xml_problem, "CVAT XML")
     if not files:
-        raise DatasetValidationError(f"{ctx.root}: no CVAT XML file (root element <annotations>) found")
-    labels: list[SourceCategory] = []  # the first file's <labels>, filled as it is read
+        raise no_files_error(ctx, "no CVAT XML file (root element <annotations>) found", rejected)
+    labels: list[Category] = []  # the first file's <labels>, filled as it is read
     return SourceData(images=(image for p in files for image in read_file(p, ctx, labels)), categories=labels)

@@ -15,23 +15,28 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from ..report import DatasetValidationError
+from ..schema import Category
 from .base import (
     IGNORE_ALL_CLASSES,
     ReadContext,
-    SourceCategory,
     SourceData,
     SourceImage,
     SourceObject,
     UnsupportedShapeError,
+    json_problem,
+    no_files_error,
+    report_rejected,
     walk_files,
 )
-from .geometry import points_bounds
+from .coco import looks_like_coco
+from .coordinates import points_bounds
 
 NAME = "labelme"
+ALIASES: tuple[str, ...] = ()
 IGNORE_LABEL = IGNORE_ALL_CLASSES
 _BOX_SHAPES = {"rectangle", "polygon", "circle", "mask"}
 
@@ -104,6 +109,20 @@ def _declared_size(data: dict) -> tuple[int, int] | None:
     return (w, h) if w > 0 and h > 0 else None
 
 
+def _file_name_here(name: str, path: Path, ann_file: str, ctx: ReadContext) -> str:
+    """The ``file_name`` of an image not found on disk: ``imagePath`` beside the JSON, or, when that leaves the
+    dataset folder (``../x.png``, ``C:/x.png``), the JSON's own name with the image's suffix (a ``path_relocated``
+    fix)."""
+    if not re.match(r"^(/|[A-Za-z]:)", name):
+        candidate = os.path.normpath(path.parent / name)
+        if ctx.is_inside(candidate):
+            return ctx.file_name(candidate)
+    suffix = PurePosixPath(name).suffix or ".jpg"
+    safe = ctx.file_name(path.with_suffix(suffix))
+    ctx.issue("path_relocated", ann_file, "imagePath", f"{name!r} leaves the dataset folder: named {safe!r} instead")
+    return safe
+
+
 def read_file(path: Path, ctx: ReadContext) -> SourceImage | None:
     ann_file = ctx.rel(path)
     try:
@@ -121,7 +140,7 @@ def read_file(path: Path, ctx: ReadContext) -> SourceImage | None:
     name = str(data.get("imagePath") or "").replace("\\", "/") or path.with_suffix(".jpg").name
     image = ctx.make_image(name, ann_file, base_dirs=(path.parent,), declared_size=_declared_size(data))
     if image.path is None:
-        image.file_name = ctx.file_name(path.parent / name)
+        image.file_name = _file_name_here(name, path, ann_file, ctx)
         if data.get("imageData"):
             image.embedded_in = os.path.abspath(path)
             image.stat = ctx.stat(path)
@@ -166,10 +185,13 @@ def read_file(path: Path, ctx: ReadContext) -> SourceImage | None:
 
 def read(ctx: ReadContext) -> SourceData:
     """Read every LabelMe JSON file under the source folder; the classes are the labels found, sorted."""
-    files = find_files(ctx.root)
+    candidates = walk_files(ctx.root, ".json")
+    files = [p for p in candidates if looks_like_labelme(p)]
+    problem = lambda p: None if looks_like_coco(p) else json_problem(p)  # noqa: E731
+    rejected = report_rejected(ctx, candidates, files, problem, "LabelMe JSON")
     if not files:
-        raise DatasetValidationError(f"{ctx.root}: no LabelMe JSON file (with 'shapes') found")
-    categories: list[SourceCategory] = []  # filled once every file is read: IGNORE_LABEL is not a class
+        raise no_files_error(ctx, "no LabelMe JSON file (with 'shapes') found", rejected)
+    categories: list[Category] = []  # filled once every file is read: IGNORE_LABEL is not a class
 
     def images():
         names: set[str] = set()
@@ -178,6 +200,6 @@ def read(ctx: ReadContext) -> SourceData:
             if image is not None:
                 names.update(o.name for o in image.objects if o.name != IGNORE_LABEL)
                 yield image
-        categories.extend(SourceCategory(name=n) for n in sorted(names))
+        categories.extend(Category(name=n) for n in sorted(names))
 
     return SourceData(images=images(), categories=categories)

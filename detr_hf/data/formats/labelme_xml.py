@@ -14,10 +14,11 @@ from pathlib import Path
 
 from ..report import DatasetValidationError
 from .base import ReadContext, SourceData, SourceImage, SourceObject, walk_files
-from .geometry import parse_number, points_bounds
+from .coordinates import parse_number, parse_size, points_bounds
 from .voc import annotation_xml_kind
 
 NAME = "labelme_xml"
+ALIASES: tuple[str, ...] = ("labelme3", "mit_labelme", "labelme_3_0")
 
 
 def find_files(root: Path) -> list[str]:
@@ -33,11 +34,7 @@ def _size(root: ET.Element) -> tuple[int, int] | None:
     size = root.find("imagesize")
     if size is None:
         return None
-    try:
-        w, h = int(parse_number(size.findtext("ncols"))), int(parse_number(size.findtext("nrows")))
-    except (ValueError, OverflowError):
-        return None
-    return (w, h) if w > 0 and h > 0 else None
+    return parse_size(size.findtext("ncols"), size.findtext("nrows"))
 
 
 def object_box(obj: ET.Element) -> tuple[tuple[float, float, float, float], str]:

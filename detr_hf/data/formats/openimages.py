@@ -8,15 +8,25 @@ used as the class name. ``IsGroupOf`` boxes are crowd boxes, ``IsTruncated`` set
 from __future__ import annotations
 
 import csv
+from functools import partial
 from pathlib import Path
 
-from ..report import DatasetValidationError
-from .base import ReadContext, SourceData, SourceImage, SourceObject, split_from_text
-from .csv_table import decode_error, header_of, sniff_dialect
-from .geometry import parse_number
+from ..splits import split_from_text
+from .base import ReadContext, SourceData, SourceImage, SourceObject, no_files_error, report_rejected
+from .coordinates import parse_number
+from .csv_table import (
+    OPEN_IMAGES_COLUMNS,
+    TABLE_COLUMNS,
+    decode_error,
+    header_of,
+    report_cut_header,
+    sniff_dialect,
+    table_problem,
+)
 
 NAME = "openimages"
-_REQUIRED = {"imageid", "labelname", "xmin", "xmax", "ymin", "ymax"}
+ALIASES: tuple[str, ...] = ("open_images",)
+_REQUIRED = OPEN_IMAGES_COLUMNS
 
 
 def find_files(root: Path) -> list[Path]:
@@ -36,19 +46,29 @@ def _class_descriptions(root: Path) -> dict[str, str]:
     return names
 
 
-def _flag(text: str) -> int:
+def _flag(row: list[str], col: dict[str, int], key: str, ctx: ReadContext, ann_file: str, record: str) -> int:
+    """A flag column: 1, or 0 (also for -1, "unknown", and an empty cell); any other value is a ``malformed`` fix
+    and reads as 0."""
+    text = row[col[key]].strip() if key in col else ""
     try:
-        return int(parse_number(text) > 0) if text.strip() else 0
+        value = parse_number(text) if text else 0
     except ValueError:
-        return 0
+        value = None
+    if value in (-1, 0, 1):
+        return int(value == 1)
+    ctx.issue("malformed", ann_file, record, f"{key} is {text!r}, not 0, 1 or -1: read as 0")
+    return 0
 
 
 def read_file(path: Path, split: str | None, ctx: ReadContext, names: dict[str, str]) -> list[SourceImage]:
     ann_file = ctx.rel(path)
     try:
-        return _read_rows(path, split, ctx, names, ann_file)
+        images = _read_rows(path, split, ctx, names, ann_file)
     except UnicodeDecodeError as e:
         raise decode_error(path, ann_file, e) from None
+    if not images:
+        report_cut_header(path, ann_file, ctx)
+    return images
 
 
 def _read_rows(
@@ -85,8 +105,8 @@ def _read_rows(
                     box=(x0, y0, x1, y1),
                     record=record,
                     normalized=True,
-                    iscrowd=_flag(row[col["isgroupof"]]) if "isgroupof" in col else 0,
-                    truncated=_flag(row[col["istruncated"]]) if "istruncated" in col else 0,
+                    iscrowd=_flag(row, col, "isgroupof", ctx, ann_file, record),
+                    truncated=_flag(row, col, "istruncated", ctx, ann_file, record),
                 )
             )
     return list(images.values())
@@ -94,8 +114,10 @@ def _read_rows(
 
 def read(ctx: ReadContext) -> SourceData:
     files = find_files(ctx.root)
+    problem = partial(table_problem, required=_REQUIRED, other_format=TABLE_COLUMNS)
+    rejected = report_rejected(ctx, sorted(ctx.root.rglob("*.csv")), files, problem, "an Open Images CSV")
     if not files:
-        raise DatasetValidationError(f"{ctx.root}: no Open Images CSV (ImageID, LabelName, XMin, ...) found")
+        raise no_files_error(ctx, "no Open Images CSV (ImageID, LabelName, XMin, ...) found", rejected)
     names = _class_descriptions(ctx.root)
     splits = {path: split_from_text(path.stem) if len(files) > 1 else None for path in files}
     return SourceData(images=(image for path, split in splits.items() for image in read_file(path, split, ctx, names)))

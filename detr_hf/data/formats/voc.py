@@ -1,6 +1,6 @@
 """Pascal VOC XML: one ``<annotation>`` file per image; read and write.
 
-VOC corners are 1-based inclusive pixel indices (see :func:`~detr_hf.data.formats.geometry.voc_to_xyxy`). CVAT's
+VOC corners are 1-based inclusive pixel indices (see :func:`~detr_hf.data.formats.coordinates.voc_to_xyxy`). CVAT's
 "PASCAL VOC 1.1" and Datumaro exports, which write a ``labelmap.txt`` beside ``Annotations/``, write their continuous
 (COCO-like) box corners unchanged instead: with a ``labelmap.txt`` the corners are read 0-based, so the same CVAT task
 gives the same boxes exported as VOC or as COCO. ``one_based=True``/``False`` overrides the guess. ``difficult`` and
@@ -20,22 +20,28 @@ from pathlib import Path
 
 from datasets import Dataset
 
+from ...box_ops import xywh_to_xyxy
 from ..report import DatasetValidationError
-from ..schema import class_names_of
+from ..schema import Category, class_names_of
+from ..splits import normalize_split_name
 from .base import (
     ReadContext,
-    SourceCategory,
     SourceData,
     SourceImage,
     SourceObject,
-    normalize_split_name,
+    no_files_error,
+    report_rejected,
     walk_files,
+    xml_problem,
 )
-from .geometry import format_number, parse_number, voc_to_xyxy, xywh_to_xyxy, xyxy_to_voc
+from .coordinates import format_number, parse_flag, parse_number, parse_size, voc_to_xyxy, xyxy_to_voc
 from .writing import check_crowd_policy, keep_object, safe_join, safe_relative, write_image_files
 
 NAME = "voc"
+ALIASES: tuple[str, ...] = ("pascal_voc", "pascalvoc")
 _ROOT_TAG = re.compile(rb"<\s*([A-Za-z_][\w.-]*)[\s>/]")
+# MIT LabelMe's own elements, whole names only: VOC's ``<segmented>`` is no ``<segm>``
+_LABELME_TAG = re.compile(rb"<(?:polygon|pt|segm|imagesize)[\s>/]")
 
 
 def _root_tag(head: bytes) -> str | None:
@@ -62,13 +68,22 @@ def annotation_xml_kind(path: str | Path) -> str | None:
         return None
     if b"<bndbox" in head:
         return "voc"
-    if any(tag in head for tag in (b"<polygon", b"<pt>", b"<segm", b"<imagesize")):
+    if _LABELME_TAG.search(head):
         return "labelme_xml"
     return "voc"
 
 
 def find_files(root: Path) -> list[str]:
     return [p for p in walk_files(root, ".xml") if annotation_xml_kind(p) == "voc"]
+
+
+def _read_list_text(path: Path, root: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetValidationError(
+            f"{path.relative_to(root).as_posix()}: not UTF-8 ({e.reason} at byte {e.start}); save the file as UTF-8"
+        ) from None
 
 
 def _split_lists(root: Path) -> dict[str, str]:
@@ -80,7 +95,7 @@ def _split_lists(root: Path) -> dict[str, str]:
     out: dict[str, str] = {}
     for stem, path in sorted(lists.items()):
         split = normalize_split_name(stem)
-        for line in path.read_text(encoding="utf-8-sig").splitlines():
+        for line in _read_list_text(path, root).splitlines():
             if line.strip():
                 out.setdefault(line.split()[0], split)
     return out
@@ -91,26 +106,28 @@ def _labelmap_path(root: Path) -> Path | None:
     return next(iter(sorted(root.rglob("labelmap.txt"))), None)
 
 
-def _labelmap(path: Path | None) -> list[SourceCategory] | None:
+def _labelmap(path: Path | None, root: Path) -> list[Category] | None:
     """Datumaro's ``labelmap.txt`` (``name:color:parts:actions``), without its ``background`` entry."""
     if path is None:
         return None
     names = []
-    for line in path.read_text(encoding="utf-8-sig").splitlines():
+    for line in _read_list_text(path, root).splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             name = line.split(":")[0].strip()
             if name and name != "background":
                 names.append(name)
-    return [SourceCategory(name=n) for n in names]
+    return [Category(name=n) for n in names]
 
 
-def _flag(element: ET.Element, tag: str) -> int:
-    text = element.findtext(tag)
-    try:
-        return int(bool(int(float(text)))) if text and text.strip() else 0
-    except ValueError:
-        return 0
+def _flag(element: ET.Element, tag: str, ctx: ReadContext, ann_file: str, record: str) -> int:
+    """A 0/1 flag (empty: 0); any other value is a ``malformed`` fix and reads as 0."""
+    text = (element.findtext(tag) or "").strip()
+    value = parse_flag(text)
+    if value is not None:
+        return value
+    ctx.issue("malformed", ann_file, record, f"<{tag}> is {text!r}, not 0 or 1: read as 0")
+    return 0
 
 
 def read_file(path: Path, ctx: ReadContext, split_of: dict[str, str], one_based: bool) -> SourceImage | None:
@@ -119,14 +136,8 @@ def read_file(path: Path, ctx: ReadContext, split_of: dict[str, str], one_based:
     if root is None:
         return None
     name = (root.findtext("filename") or "").strip() or path.stem
-    size = None
     size_el = root.find("size")
-    if size_el is not None:
-        try:
-            w, h = int(parse_number(size_el.findtext("width"))), int(parse_number(size_el.findtext("height")))
-            size = (w, h) if w > 0 and h > 0 else None
-        except ValueError:
-            size = None
+    size = None if size_el is None else parse_size(size_el.findtext("width"), size_el.findtext("height"))
     folder = (root.findtext("folder") or "").strip()
     base_dirs = (path.parent, path.parent.parent / "JPEGImages", path.parent.parent / "images", ctx.root / folder)
     stem = Path(name).stem
@@ -149,8 +160,8 @@ def read_file(path: Path, ctx: ReadContext, split_of: dict[str, str], one_based:
                 name=label,
                 box=voc_to_xyxy(*corners, one_based=one_based),
                 record=record,
-                difficult=_flag(obj, "difficult"),
-                truncated=_flag(obj, "truncated"),
+                difficult=_flag(obj, "difficult", ctx, ann_file, record),
+                truncated=_flag(obj, "truncated", ctx, ann_file, record),
             )
         )
     return image
@@ -162,14 +173,16 @@ def read(ctx: ReadContext, one_based: bool | None = None) -> SourceData:
     ``one_based=None`` reads the corners 1-based (Pascal VOC's own numbering) unless a ``labelmap.txt`` marks a CVAT
     or Datumaro export, whose corners are read as written (0-based); the choice is noted in the report.
     """
-    files = find_files(ctx.root)
+    candidates = walk_files(ctx.root, ".xml")
+    files = [p for p in candidates if annotation_xml_kind(p) == "voc"]
+    rejected = report_rejected(ctx, candidates, files, xml_problem, "Pascal VOC XML")
     if not files:
-        if any(annotation_xml_kind(p) == "labelme_xml" for p in walk_files(ctx.root, ".xml")):
+        if any(annotation_xml_kind(p) == "labelme_xml" for p in candidates):
             raise DatasetValidationError(
                 f"{ctx.root}: these <annotation> files are MIT LabelMe XML (polygons, no <bndbox>), not Pascal VOC; "
                 "read them with format='labelme_xml'"
             )
-        raise DatasetValidationError(f"{ctx.root}: no Pascal VOC XML file (root element <annotation>) found")
+        raise no_files_error(ctx, "no Pascal VOC XML file (root element <annotation>) found", rejected)
     split_of = _split_lists(ctx.root)
     labelmap = _labelmap_path(ctx.root)
     if one_based is None:
@@ -180,7 +193,7 @@ def read(ctx: ReadContext, one_based: bool | None = None) -> SourceData:
                 "pass one_based=True for corners counted from 1 as in the original Pascal VOC files"
             )
     images = (image for p in files if (image := read_file(Path(p), ctx, split_of, one_based)) is not None)
-    return SourceData(images=images, categories=_labelmap(labelmap))
+    return SourceData(images=images, categories=_labelmap(labelmap, ctx.root))
 
 
 # -- writing -------------------------------------------------------------------------------------------------------
@@ -199,7 +212,7 @@ def write_annotation(
         for key in ("truncated", "difficult"):
             ET.SubElement(obj, key).text = str(int((objects.get(key) or [0] * len(objects["bbox"]))[j]))
         box = ET.SubElement(obj, "bndbox")
-        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), xyxy_to_voc(xywh_to_xyxy(*bbox), one_based)):
+        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), xyxy_to_voc(xywh_to_xyxy(bbox), one_based)):
             ET.SubElement(box, tag).text = format_number(value)
     ET.indent(root)
     return ET.tostring(root, encoding="unicode") + "\n"
@@ -238,3 +251,6 @@ def export_voc(dataset: Dataset, output_dir: str | Path, *, one_based: bool = Tr
         xml_path.write_text(xml, encoding="utf-8")
     write_image_files(dataset, images_dir)
     return output_dir
+
+
+export = export_voc  # the registry's name for it (formats.export_dataset)

@@ -16,7 +16,6 @@ Split folders beside the ones a config lists (Roboflow's ``test/`` when ``data.y
 
 from __future__ import annotations
 
-import codecs
 import math
 import os
 from collections import Counter
@@ -26,308 +25,43 @@ from pathlib import Path
 import yaml
 from datasets import Dataset
 
+from ...box_ops import cxcywh_to_xyxy, xywh_to_xyxy, xyxy_to_cxcywh
 from ..report import DatasetValidationError
-from ..schema import class_names_of, get_category_mapping
-from .base import (
-    IMAGE_EXTENSIONS,
-    ReadContext,
-    SourceCategory,
-    SourceData,
-    SourceImage,
-    SourceObject,
-    split_from_text,
-    walk_files,
-)
-from .geometry import cxcywh_to_xyxy, flat_points_bounds, parse_number, xywh_to_xyxy, xyxy_to_cxcywh
+from ..schema import Category, class_names_of, get_category_mapping
+from ..splits import split_from_text
+from .base import ReadContext, SourceData, SourceImage, SourceObject
+from .coordinates import flat_points_bounds, parse_number
 from .writing import check_crowd_policy, keep_object, safe_join, write_image_files
+from .yolo_layout import (
+    CLASS_LIST_FILES,
+    LabelIndex,
+    Listed,
+    YoloConfig,
+    box_line_class,
+    candidate_label_files,
+    count_lines,
+    find_config,
+    has_box_line,
+    images_of_split,
+    looks_like_label_file,
+    read_text,
+    sibling_split_folders,
+    swap_folder,
+    walk_images,
+)
 
 NAME = "yolo"
-CLASS_LIST_FILES = ("classes.txt", "obj.names", "_darknet.labels")
-_LIST_FILE_STEMS = {"train", "val", "valid", "validation", "test", "trainval", "license", "requirements"}
-_IMAGE_FOLDERS = ("images", "JPEGImages")  # the folder whose ``labels`` sibling holds the label files
-ENCODING = "utf-8-sig"  # UTF-8, with or without the BOM Windows editors write
-
-# (image path or None when missing, the name a list file gave it or None, its split)
-_Listed = tuple[str | None, str | None, str | None]
+ALIASES: tuple[str, ...] = ("darknet", "ultralytics")
 
 
-def read_text(path: str | Path) -> str:
-    """A text file decoded as UTF-8; raises :class:`DatasetValidationError` naming the file and line if it is not."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        return data.decode(ENCODING)
-    except UnicodeDecodeError as e:
-        start = e.start + (len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0)
-        line = data[:start].count(b"\n") + 1
-        raise DatasetValidationError(
-            f"{path}: line {line}: not UTF-8 text ({e.reason} at byte {start}); save the file as UTF-8"
-        ) from None
-
-
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
-def _box_line_class(line: str) -> int | None:
-    """The class index of a line shaped like a box or a segment (an integer and at least four numbers), else None."""
-    tokens = line.split()
-    if len(tokens) < 5 or not (tokens[0].isascii() and tokens[0].isdigit()):
-        return None
-    return int(tokens[0]) if all(_is_number(t) for t in tokens[1:]) else None
-
-
-def looks_like_label_file(path: str | Path) -> bool:
-    """A non-empty label file: its first line is an integer class and at least four numbers."""
-    with open(path, encoding=ENCODING, errors="replace") as f:  # a probe: any text file may come here
-        for line in f:
-            if line.strip():
-                return _box_line_class(line) is not None
-    return False
-
-
-def _has_box_line(path: str) -> bool:
-    """Whether any line of a text file (perhaps no label file at all) is shaped like a box."""
-    with open(path, encoding=ENCODING, errors="replace") as f:
-        return any(_box_line_class(line) is not None for line in f)
-
-
-def _count_lines(path: str) -> int:
-    """Non-empty lines of a label file: the boxes it holds, malformed ones included."""
-    return sum(1 for line in read_text(path).splitlines() if line.strip())
-
-
-def candidate_label_files(root: Path) -> list[str]:
-    out = []
-    for p in walk_files(root, ".txt"):
-        name = os.path.basename(p)
-        stem = name[:-4].lower()
-        if name in CLASS_LIST_FILES or stem in _LIST_FILE_STEMS or stem.startswith("readme"):
-            continue
-        if f"{os.sep}ImageSets{os.sep}" not in p:
-            out.append(p)
-    return out
-
-
-def find_config(root: Path) -> Path | None:
-    """``data.yaml`` (any yaml with ``names``) or Darknet's ``obj.data``."""
-    for path in sorted(root.rglob("*.yaml")) + sorted(root.rglob("*.yml")):
-        if b"names" not in path.read_bytes():
-            continue
-        try:
-            data = yaml.safe_load(read_text(path))  # a config that does not decode raises, naming the file
-        except yaml.YAMLError:
-            continue
-        if isinstance(data, dict) and "names" in data:
-            return path
-    data_files = sorted(root.rglob("*.data"))
-    return data_files[0] if data_files else None
-
-
-def _read_names_file(path: Path) -> list[str]:
-    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
-
-
-def _categories_from_names(names) -> list[SourceCategory]:
-    if isinstance(names, dict):
-        return [SourceCategory(name=str(names[k]), source_id=int(k)) for k in sorted(names, key=int)]
-    return [SourceCategory(name=str(n), source_id=i) for i, n in enumerate(names)]
-
-
-def _resolve_config_path(entry: str, bases: list[Path]) -> Path | None:
-    for base in bases:
-        for candidate in (base / entry, base / entry[3:] if entry.startswith("../") else None):
-            if candidate is not None and candidate.exists():
-                return candidate
-    return None
-
-
-class _Config:
-    """The class list and the split specs (folder or list file, per split) a YOLO config gives."""
-
-    def __init__(self, root: Path) -> None:
-        self.categories: list[SourceCategory] | None = None
-        self.splits: dict[str, list[str]] = {}
-        self.bases: list[Path] = [root]
-        self.path = find_config(root)
-        path = self.path
-        if path is not None and path.suffix in (".yaml", ".yml"):
-            data = yaml.safe_load(read_text(path))
-            self.categories = _categories_from_names(data["names"])
-            base = Path(str(data.get("path") or "."))
-            base = base if base.is_absolute() else path.parent / base
-            self.bases = [b for b in (base, path.parent, root) if b.is_dir()]
-            for key in ("train", "val", "test"):
-                value = data.get(key)
-                if value:
-                    self.splits[split_from_text(key) or key] = [
-                        str(v) for v in (value if isinstance(value, list) else [value])
-                    ]
-        elif path is not None:  # Darknet obj.data: "key = value" lines with paths relative to Darknet's folder
-            entries = {}
-            for line in read_text(path).splitlines():
-                if "=" in line:
-                    key, value = (s.strip() for s in line.split("=", 1))
-                    entries[key] = value
-            self.bases = [path.parent, root]
-            names = self._find(entries.get("names", ""))
-            if names is not None:
-                self.categories = _categories_from_names(_read_names_file(names))
-            for key in ("train", "valid", "test"):
-                if entries.get(key) and self._find(entries[key]) is not None:
-                    self.splits[split_from_text(key) or key] = [entries[key]]
-        if self.categories is None:
-            for name in CLASS_LIST_FILES:
-                found = sorted(root.rglob(name))
-                if found:
-                    self.categories = _categories_from_names(_read_names_file(found[0]))
-                    break
-
-    def _find(self, entry: str) -> Path | None:
-        """A path from a config, tried as written and without its leading folders (Darknet's ``data/``)."""
-        parts = Path(entry).parts
-        for k in range(len(parts)):
-            found = _resolve_config_path(str(Path(*parts[k:])), self.bases)
-            if found is not None:
-                return found
-        return None
-
-    def resolve(self, split: str, entry: str) -> Path:
-        found = self._find(entry)
-        if found is None:
-            raise DatasetValidationError(f"{self.path}: split {split!r} points to {entry!r}, which does not exist")
-        return found
-
-
-def _walk_images(folder: Path) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(os.path.abspath(folder)):
-        dirnames.sort()
-        out.extend(
-            os.path.join(dirpath, f) for f in sorted(filenames) if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
-        )
-    return out
-
-
-def _swap_folder(path: str, old: str, new: str) -> str | None:
-    """``path`` with its last folder named ``old`` renamed ``new`` (Ultralytics' ``images/`` -> ``labels/`` rule)."""
-    head, found, tail = (path + os.sep).rpartition(f"{os.sep}{old}{os.sep}")
-    return f"{head}{os.sep}{new}{os.sep}{tail}".rstrip(os.sep) if found else None
-
-
-def _label_candidates(image: str | None, name: str | None, root: str) -> Iterator[str]:
-    """Where the label file of one image may be: under ``labels/`` instead of ``images/`` (or Darknet's
-    ``JPEGImages/``), beside it, and where the list file named it, relative to the dataset folder (leading folders
-    dropped, but never a split folder)."""
-    places = [image] if image else []
-    if name:
-        parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
-        for k in range(len(parts)):
-            if k and split_from_text(parts[k - 1]):
-                break
-            places.append(os.path.normpath(os.path.join(root, *parts[k:])))
-    for place in places:
-        for path in (*(_swap_folder(place, folder, "labels") for folder in _IMAGE_FOLDERS), place):
-            if path is not None:
-                yield os.path.splitext(path)[0] + ".txt"
-
-
-class _LabelIndex:
-    """Label files (absolute path strings) and the image each one was read for."""
-
-    def __init__(self, files: list[str], root: Path) -> None:
-        self.files = set(files)
-        self.root = os.path.abspath(root)
-        self.claimed: dict[str, tuple[str, int]] = {}  # label -> (file_name of the image it went to, boxes kept)
-        self._split_of_folder: dict[str, str | None] = {}
-
-    def split_of(self, path: str) -> str | None:
-        """The split a label file's folders name (the nearest split-like folder under the dataset folder)."""
-        folder = os.path.dirname(path)
-        if folder not in self._split_of_folder:
-            inside = folder[len(self.root) + 1 :] if folder.startswith(self.root + os.sep) else ""
-            names = reversed(inside.split(os.sep))
-            self._split_of_folder[folder] = next((s for s in map(split_from_text, names) if s), None)
-        return self._split_of_folder[folder]
-
-    def remove_under(self, folder: str) -> list[str]:
-        """Take the label files under ``folder`` out of the index; returns them."""
-        prefix = os.path.abspath(folder) + os.sep
-        taken = sorted(p for p in self.files if p.startswith(prefix))
-        self.files.difference_update(taken)
-        return taken
-
-    def match(self, listed: list[_Listed]) -> list[tuple[str | None, bool]]:
-        """(label file or None, whether it was found by its stem) for each listed image.
-
-        First every image takes the label file at its own place; then an image still without one takes the only
-        label file of its stem that no image took that way, in its split or in folders that name no split (never in
-        another split's folder).
-        """
-        matched: list[tuple[str | None, bool]] = []
-        for path, name, _ in listed:
-            label = next((c for c in _label_candidates(path, name, self.root) if c in self.files), None)
-            matched.append((label, False))
-        direct = {label for label, _ in matched if label is not None}
-        by_stem: dict[tuple[str | None, str], list[str]] = {}
-        for p in sorted(self.files - direct):
-            by_stem.setdefault((self.split_of(p), os.path.basename(p)[:-4]), []).append(p)
-        for k, ((path, name, split), (label, _)) in enumerate(zip(listed, matched)):
-            if label is None:
-                stem = os.path.splitext(os.path.basename(path or name.replace("\\", "/")))[0]
-                same = by_stem.get((split, stem), []) + (by_stem.get((None, stem), []) if split else [])
-                if len(same) == 1:
-                    matched[k] = (same[0], True)
-        return matched
-
-
-def _sibling_split_folders(folders: dict[str, list[Path]], root: Path) -> dict[str, list[Path]]:
-    """Image folders beside the listed ones that name a split the config does not list: ``<split>/images`` with
-    ``<split>/labels`` beside it (Roboflow), or ``images/<split>`` with ``labels/<split>`` (Ultralytics)."""
-    root_path = os.path.abspath(root)
-    extra: dict[str, list[Path]] = {}
-    for folder in (f for found in folders.values() for f in found if f.is_dir()):
-        inner = ("images",) if folder.name == "images" else ()
-        split_dir = folder.parent if inner else folder
-        parent = os.path.abspath(split_dir.parent)
-        if split_from_text(split_dir.name) is None or not (parent + os.sep).startswith(root_path + os.sep):
-            continue
-        for sibling in sorted(split_dir.parent.iterdir()):
-            split = split_from_text(sibling.name)
-            images = sibling.joinpath(*inner)
-            labels = _swap_folder(os.path.abspath(images), "images", "labels")
-            if split is None or split in folders or not images.is_dir() or not (labels and os.path.isdir(labels)):
-                continue
-            if images not in extra.setdefault(split, []):
-                extra[split].append(images)
-    return extra
-
-
-def _images_of_split(
-    folders: list[Path], config: _Config, ctx: ReadContext, split: str
-) -> list[tuple[str | None, str | None]]:
-    """(image path or None when missing, the name it was listed as) for one split's folders and list files.
-    Paths are strings: a million ``Path`` objects would cost far more memory."""
-    out: list[tuple[str | None, str | None]] = []
-    for found in folders:
-        config_file = ctx.rel(config.path) if config.path else ""
-        ctx.check_inside(found, str(found), config_file, f"split {split!r}")
-        if found.is_dir():
-            out.extend((p, None) for p in _walk_images(found))
-            continue
-        list_file = ctx.rel(found)
-        for n, line in enumerate(read_text(found).splitlines(), start=1):
-            name = line.strip()
-            if name:
-                path = ctx.resolve_image(
-                    name, base_dirs=(found.parent, *config.bases), split=split, ann_file=list_file, record=f"line {n}"
-                )
-                out.append((os.path.abspath(path) if path is not None else None, name))
-    return out
+def find_files(root: Path) -> list:
+    """Evidence of a YOLO folder: its label files (among the first 200 candidates), else its class list or config."""
+    labels = [p for p in candidate_label_files(root)[:200] if looks_like_label_file(p)]
+    if labels:
+        return labels
+    class_list = next((p for name in CLASS_LIST_FILES for p in root.rglob(name)), None)
+    config = class_list or find_config(root)
+    return [config] if config is not None else []
 
 
 def _class_index(token: str) -> int:
@@ -353,7 +87,7 @@ def parse_label_file(
             if bad is not None:
                 raise ValueError(f"coordinate {bad!r} is not a finite number")
             if len(values) == 4:
-                box, polygon = cxcywh_to_xyxy(*values), False
+                box, polygon = cxcywh_to_xyxy(values), False
             elif len(values) >= 6 and len(values) % 2 == 0:
                 box, polygon = flat_points_bounds(values), True
             else:
@@ -375,21 +109,24 @@ def read(ctx: ReadContext, *, extra_splits: bool = True) -> SourceData:
 
     ``extra_splits=False`` leaves out split folders the config does not list (reported as ``split_skipped``).
     """
-    config = _Config(ctx.root)
-    labels = _LabelIndex(candidate_label_files(ctx.root), ctx.root)
+    config = YoloConfig(ctx.root)
+    folders = {split: [config.resolve(split, e) for e in entries] for split, entries in config.splits.items()}
+    named = [p for p in (config.class_list, *(f for found in folders.values() for f in found)) if p and p.is_file()]
+    labels = LabelIndex(candidate_label_files(ctx.root, named), ctx.root)
     if config.splits:
-        folders = {split: [config.resolve(split, e) for e in entries] for split, entries in config.splits.items()}
-        for split, found in _sibling_split_folders(folders, ctx.root).items():
+        for split, found in sibling_split_folders(folders, ctx.root).items():
             for images in found:
                 _extra_split(images, split, extra_splits, config, labels, ctx)
             if extra_splits:
                 folders[split] = found
-        listed = [
-            (p, name, split)
-            for split, found in folders.items()
-            for p, name in _images_of_split(found, config, ctx, split)
-        ]
+        listed, origins = [], {}
+        for split, found in folders.items():
+            for p, name, origin in images_of_split(found, config, ctx, split):
+                if p is None and origin is not None:
+                    origins[len(listed)] = origin
+                listed.append((p, name, split))
     else:
+        origins = {}
         listed = []
         for p in ctx.index.all_images():
             parts = ctx.file_name(p).split("/")[:-1]
@@ -397,21 +134,20 @@ def read(ctx: ReadContext, *, extra_splits: bool = True) -> SourceData:
             listed.append((p, None, split))
     categories = config.categories
     if categories is None:
-        found_classes = (
-            _box_line_class(line) for path in sorted(labels.files) for line in read_text(path).splitlines()
-        )
+        found_classes = (box_line_class(line) for path in sorted(labels.files) for line in read_text(path).splitlines())
         highest = max((c for c in found_classes if c is not None), default=-1)
-        categories = [SourceCategory(name=str(i), source_id=i) for i in range(highest + 1)]
+        categories = [Category(name=str(i), source_id=i) for i in range(highest + 1)]
         ctx.issue(
             "class_list_missing", ctx.rel(ctx.root), "", "no data.yaml, classes.txt or obj.names: classes named 0..N-1"
         )
     by_index = {c.source_id: c.name for c in categories}
     matched = labels.match(listed)
-    return SourceData(images=_images(listed, matched, labels, by_index, ctx, config), categories=categories)
+    images = _images(listed, matched, labels, by_index, ctx, config, origins)
+    return SourceData(images=images, categories=categories)
 
 
 def _extra_split(
-    images: Path, split: str, read_it: bool, config: _Config, labels: _LabelIndex, ctx: ReadContext
+    images: Path, split: str, read_it: bool, config: YoloConfig, labels: LabelIndex, ctx: ReadContext
 ) -> None:
     """Note a split folder the config does not list, or report it skipped with what it holds."""
     where, config_name = ctx.rel(images), ctx.rel(config.path)
@@ -420,25 +156,28 @@ def _extra_split(
             f"{where}: not listed in {config_name}, read as split {split!r} (extra_splits=False leaves it out)"
         )
         return
-    skipped = labels.remove_under(_swap_folder(os.path.abspath(images), "images", "labels"))
-    boxes = sum(_count_lines(p) for p in skipped)
+    skipped = labels.remove_under(swap_folder(os.path.abspath(images), "images", "labels"))
+    boxes = sum(count_lines(p) for p in skipped)
     ctx.issue("split_skipped", where, "",
               f"split folder not listed in {config_name} left out (extra_splits=False): "
-              f"{len(_walk_images(images))} images, {len(skipped)} label files, {boxes} boxes",
+              f"{len(walk_images(images))} images, {len(skipped)} label files, {boxes} boxes",
               boxes_lost=boxes)  # fmt: skip
 
 
 def _images(
-    listed: list[_Listed],
+    listed: list[Listed],
     matched: list[tuple[str | None, bool]],
-    labels: _LabelIndex,
+    labels: LabelIndex,
     by_index: dict[int, str],
     ctx: ReadContext,
-    config: _Config,
+    config: YoloConfig,
+    origins: dict[int, tuple[str, str]],
 ) -> Iterator[SourceImage]:
-    for (path, name, split), (label, by_stem) in zip(listed, matched):
+    """The images listed, with their labels; a missing image is located by the list file and line naming it."""
+    for k, ((path, name, split), (label, by_stem)) in enumerate(zip(listed, matched)):
         if path is None:
-            image = SourceImage(file_name=name.replace("\\", "/"), ann_file=name, split=split)
+            ann_file, record = origins.get(k, (name, ""))
+            image = SourceImage(file_name=name.replace("\\", "/"), ann_file=ann_file, record=record, split=split)
         else:
             file_name = ctx.file_name(path)
             image = SourceImage(file_name=file_name, ann_file=file_name, path=path, split=split, stat=ctx.stat(path))
@@ -450,7 +189,7 @@ def _images(
 
 
 def _attach_label(
-    image: SourceImage, label: str, by_stem: bool, labels: _LabelIndex, by_index: dict[int, str], ctx: ReadContext
+    image: SourceImage, label: str, by_stem: bool, labels: LabelIndex, by_index: dict[int, str], ctx: ReadContext
 ) -> None:
     """Read ``label`` into ``image``, unless another image already took it (then report it as ambiguous)."""
     ann_file = ctx.rel(label)
@@ -467,13 +206,13 @@ def _attach_label(
                   "without boxes", boxes_lost=first[1])  # fmt: skip
 
 
-def _report_orphan(path: str, ctx: ReadContext, config: _Config) -> None:
+def _report_orphan(path: str, ctx: ReadContext, config: YoloConfig) -> None:
     """A label file no image took: reported with its boxes if it lies under ``labels/`` or holds a box line."""
     ann_file = ctx.rel(path)
-    if "labels" not in ann_file.split("/")[:-1] and not _has_box_line(path):
+    if "labels" not in ann_file.split("/")[:-1] and not has_box_line(path):
         return  # some other text file
     stem = os.path.basename(path)[:-4]
-    folders = {os.path.dirname(path), os.path.dirname(_swap_folder(path, "labels", "images") or path)}
+    folders = {os.path.dirname(path), os.path.dirname(swap_folder(path, "labels", "images") or path)}
     image = next((p for p in ctx.index.by_stem.get(stem, []) if os.path.dirname(p) in folders), None)
     if image is not None and config.path is not None:
         message = f"its image {ctx.rel(image)} is in no split that {ctx.rel(config.path)} lists"
@@ -481,7 +220,7 @@ def _report_orphan(path: str, ctx: ReadContext, config: _Config) -> None:
         message = f"its image {ctx.rel(image)} was not read"
     else:
         message = "no image for this label file (none of its name beside it or in the matching images/ folder)"
-    ctx.issue("label_without_image", ann_file, "", message, boxes_lost=_count_lines(path))
+    ctx.issue("label_without_image", ann_file, "", message, boxes_lost=count_lines(path))
 
 
 # -- writing -------------------------------------------------------------------------------------------------------
@@ -513,7 +252,7 @@ def export_yolo(dataset: Dataset, output_dir: str | Path, split: str = "train", 
         for j, bbox in enumerate(objects["bbox"]):
             if not keep_object(objects.get("iscrowd"), j, crowd):
                 continue
-            cx, cy, bw, bh = xyxy_to_cxcywh(xywh_to_xyxy(*bbox))
+            cx, cy, bw, bh = xyxy_to_cxcywh(xywh_to_xyxy(bbox))
             lines.append(f"{index_of[objects['category'][j]]} {cx / w:.6f} {cy / h:.6f} {bw / w:.6f} {bh / h:.6f}\n")
         label_path.parent.mkdir(parents=True, exist_ok=True)
         label_path.write_text("".join(lines), encoding="utf-8")
@@ -525,3 +264,6 @@ def export_yolo(dataset: Dataset, output_dir: str | Path, split: str = "train", 
     config["names"] = dict(sorted(names.items()))
     config_path.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return output_dir
+
+
+export = export_yolo  # the registry's name for it (formats.export_dataset)
