@@ -48,17 +48,9 @@ class QuerySelection(nn.Module):
         self.num_queries = config.two_stage_num_proposals if config.two_stage else config.num_queries
         self.d_model = config.d_model
 
-    def forward(
-        self,
-        memory: Tensor,
-        mask: Tensor | None,
-        spatial_shapes: list[tuple[int, int]],
-        class_head: nn.Module | None = None,
-        box_head: nn.Module | None = None,
-    ) -> SelectedQueries:
-        """`memory`, `mask`, `spatial_shapes`: the encoder's output and inputs (see `registry`); `class_head`,
-        `box_head`: the heads that score and place two-stage proposals."""
-        raise NotImplementedError
+    # Each scheme defines `forward(memory, mask, spatial_shapes, class_head=None, box_head=None) -> SelectedQueries`:
+    # `memory`, `mask`, `spatial_shapes` are the encoder's output and inputs (see `registry`); `class_head` and
+    # `box_head` score and place two-stage proposals. nn.Module's own forward raises for a scheme that lacks one.
 
     def register_on(self, host: nn.Module) -> None:
         """Registers this component's modules on `host` under their own names (the checkpoints' keys) and keeps the
