@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from datasets import Dataset, Image
@@ -85,10 +85,9 @@ def check_crowd_policy(dataset: Dataset, crowd: str, format_name: str) -> int:
     return boxes
 
 
-def keep_object(iscrowd: Iterable[int] | None, index: int, crowd: str) -> bool:
+def keep_object(iscrowd: Sequence[int] | None, index: int, crowd: str) -> bool:
     """Whether object ``index`` is written under the policy ``crowd`` (crowd boxes only under ``as_object``)."""
-    flags = list(iscrowd or [])
-    return not (index < len(flags) and flags[index]) or crowd == "as_object"
+    return crowd == "as_object" or not (iscrowd and index < len(iscrowd) and iscrowd[index])
 
 
 def write_image_files(dataset: Dataset, folder: str | Path) -> None:
