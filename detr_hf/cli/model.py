@@ -107,14 +107,14 @@ def _drawing_names(relative_paths: list[PurePath]) -> list[str]:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    import torch
     from tqdm.auto import tqdm
 
     from ..data.report import DatasetValidationError
     from ..imaging import decode_image
+    from ..inference import load_inference_detector
     from ..visualization import draw_detections
 
-    model, processor = load_detector(args.model)
+    detector = load_inference_detector(args.model)
     inputs = _image_paths(args.images)
     drawings = _drawing_names([relative for _, relative in inputs])
     out = Path(args.output)
@@ -132,18 +132,13 @@ def run_predict(args: argparse.Namespace) -> int:
                 errors.append({"image": str(path), "error": str(error)})
         if not decoded:
             continue
-        images = [image for _, _, image in decoded]
-        batch = processor(images=images, return_tensors="pt")
-        with torch.no_grad():
-            outputs = model(**batch)
-        sizes = [(image.height, image.width) for image in images]
-        results = processor.post_process_object_detection(outputs, threshold=args.threshold, target_sizes=sizes)
+        results = detector([image for _, _, image in decoded], threshold=args.threshold)
         for (path, drawing, image), result in zip(decoded, results):
-            drawn = draw_detections(image, result["boxes"], result["labels"], result["scores"], model.config.id2label)
+            drawn = draw_detections(image, result["boxes"], result["labels"], result["scores"], detector.id2label)
             (out / drawing).parent.mkdir(parents=True, exist_ok=True)
             drawn.save(out / drawing)
             detections = [
-                {"label": model.config.id2label[int(label)], "score": round(float(score), 4),
+                {"label": detector.id2label[int(label)], "score": round(float(score), 4),
                  "box_xyxy": [round(float(v), 2) for v in box]}
                 for label, score, box in zip(result["labels"], result["scores"], result["boxes"])
             ]  # fmt: skip

@@ -21,7 +21,7 @@ Conventions worth knowing:
 
 from .coco_evaluator import BACKENDS, Backend, CocoEvaluator
 from .ground_truth import coco_ground_truth_from_dataset, label_to_category_id_by_name, load_coco_ground_truth
-from .loop import eval_dataloader, evaluate_detector
+from .loop import eval_dataloader, evaluate_detector, evaluate_images
 from .metrics import coco_metrics
 from .tables import format_metrics_table
 
@@ -33,6 +33,7 @@ __all__ = [
     "coco_metrics",
     "eval_dataloader",
     "evaluate_detector",
+    "evaluate_images",
     "format_metrics_table",
     "label_to_category_id_by_name",
     "load_coco_ground_truth",

@@ -77,3 +77,23 @@ def evaluate_detector(
     evaluator.gather()
     model.train(was_training)
     return (evaluator.compute() if is_main else None), evaluator
+
+
+def evaluate_images(
+    detector: Any, dataset: Dataset, batch_size: int = 8, *, show_progress: bool = True
+) -> tuple[dict[str, Any], CocoEvaluator]:
+    """COCO metrics of any :class:`~detr_hf.inference.Detector` (ONNX Runtime, sliced inference, another
+    DETR-family model) on a detection split: each image as decoded from the dataset, detections in its pixels.
+
+    Unlike :func:`evaluate_detector`, which feeds batches already resized by an evaluation dataloader, the detector
+    resizes (or slices) each image itself, as it does in ``detr-hf predict``.
+    """
+    from tqdm.auto import tqdm
+
+    evaluator = CocoEvaluator(dataset, id2label=detector.id2label)
+    rows = dataset.select_columns(["image", "image_id"])
+    for start in tqdm(range(0, len(rows), batch_size), desc="evaluating", unit="batch", disable=not show_progress):
+        batch = rows[start : start + batch_size]
+        results = detector(batch["image"], threshold=0.0)
+        evaluator.update(results, image_ids=batch["image_id"])
+    return evaluator.compute(), evaluator
