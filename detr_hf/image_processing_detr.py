@@ -104,6 +104,11 @@ class DetrHfImageProcessor(BaseImageProcessor):
         format: Annotation format; only ``"coco_detection"`` is supported.
         use_focal_loss: The classification head was trained with sigmoid focal loss (Deformable-DETR style, no
             "no object" logit) rather than softmax cross-entropy; changes ``post_process_object_detection``.
+        detection_thresholds: ``{label: threshold}`` (keys as strings in JSON) used when post-processing with
+            ``threshold="auto"``; written by the operating-point report (docs/reports.md), copied from the model's
+            config by ``load_detector``. Labels without one use 0.5.
+        score_temperature: Temperature ``T`` fitted by the report: post-processed scores are
+            ``sigmoid(logit(score) / T)`` (the logits divided by ``T`` for a sigmoid head). None: scores as they are.
     """
 
     model_input_names: ClassVar[list[str]] = ["pixel_values", "pixel_mask"]
@@ -124,6 +129,8 @@ class DetrHfImageProcessor(BaseImageProcessor):
         do_convert_annotations: bool = True,
         format: str = "coco_detection",
         use_focal_loss: bool = False,
+        detection_thresholds: Mapping[int | str, float] | None = None,
+        score_temperature: float | None = None,
         **kwargs: Any,
     ) -> None:
         # Legacy DETR configs (``DetrFeatureExtractor``) spell size as ``size=800, max_size=1333``.
@@ -146,6 +153,10 @@ class DetrHfImageProcessor(BaseImageProcessor):
         self.do_convert_annotations = bool(do_convert_annotations)
         self.format = str(getattr(format, "value", format))
         self.use_focal_loss = bool(use_focal_loss)
+        self.detection_thresholds = None if detection_thresholds is None else {
+            str(int(k)): float(v) for k, v in detection_thresholds.items()
+        }  # fmt: skip
+        self.score_temperature = None if score_temperature is None else float(score_temperature)
         self._check_options(self.__dict__)
 
     # ------------------------------------------------------------------ configuration
@@ -169,6 +180,9 @@ class DetrHfImageProcessor(BaseImageProcessor):
     def to_dict(self) -> dict[str, Any]:
         """The ``preprocessor_config.json`` content (transformers' keys plus ``use_focal_loss``)."""
         config = {key: getattr(self, key) for key in (*_CALL_OVERRIDES, "use_focal_loss")}
+        for key in ("detection_thresholds", "score_temperature"):  # written only once a report has set them
+            if getattr(self, key, None) is not None:
+                config[key] = getattr(self, key)
         config["image_processor_type"] = type(self).__name__
         return config
 
@@ -340,7 +354,7 @@ class DetrHfImageProcessor(BaseImageProcessor):
     def post_process_object_detection(
         self,
         outputs: Any,
-        threshold: float = 0.5,
+        threshold: float | str = 0.5,
         target_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
         top_k: int | None = 100,
     ) -> list[dict[str, torch.Tensor]]:
@@ -351,11 +365,31 @@ class DetrHfImageProcessor(BaseImageProcessor):
         Focal heads: every (query, class) pair is a candidate and the ``top_k`` best over the image are kept. Only
         scores above ``threshold`` are returned, at most ``top_k`` (None = no cap). Boxes are ``(x0, y0, x1, y1)`` in
         pixels of ``target_sizes`` (``(h, w)`` per image, normally ``labels[i]["orig_size"]``), or normalized when
-        ``target_sizes`` is None.
+        ``target_sizes`` is None. ``threshold="auto"``: each label's ``detection_thresholds`` entry (0.5 where it has
+        none). A saved ``score_temperature`` rescales every score (see the class docstring).
         """
         logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs.logits
         pred_boxes = outputs["pred_boxes"] if isinstance(outputs, Mapping) else outputs.pred_boxes
-        return detections(logits, pred_boxes, self.use_focal_loss, threshold, target_sizes, top_k)
+        if isinstance(threshold, str):
+            threshold = self._label_thresholds(threshold, logits.shape[-1])
+        temperature = getattr(self, "score_temperature", None)
+        return detections(logits, pred_boxes, self.use_focal_loss, threshold, target_sizes, top_k, temperature)
+
+    def _label_thresholds(self, threshold: str, num_logits: int) -> torch.Tensor:
+        """The ``(num_logits,)`` per-label thresholds ``threshold="auto"`` stands for."""
+        saved = getattr(self, "detection_thresholds", None)
+        if threshold != "auto":
+            raise ValueError(f"threshold must be a number or 'auto', got {threshold!r}")
+        if not saved:
+            raise ValueError(
+                "threshold='auto' needs per-class thresholds, and this processor has none: write them with "
+                "`detr-hf evaluate --report DIR --save-operating-point` (see docs/reports.md), or pass a number"
+            )
+        limits = torch.full((num_logits,), 0.5)
+        for label, value in saved.items():
+            if 0 <= int(label) < num_logits:
+                limits[int(label)] = float(value)
+        return limits
 
 
 # ---------------------------------------------------------------------- configuration values

@@ -36,4 +36,7 @@ def load_detector(source: str) -> tuple[Any, Any]:
     model = detector_class(checkpoint_config(source).get("model_type")).from_pretrained(source).eval()
     processor = DetrImageProcessor.from_pretrained(source)
     processor.use_focal_loss = model.config.use_focal_loss
+    for key in ("detection_thresholds", "score_temperature"):  # the operating point (docs/reports.md) is the model's
+        if getattr(model.config, key, None) is not None:
+            setattr(processor, key, getattr(model.config, key))
     return model, processor

@@ -73,12 +73,16 @@ def detections(
     logits: torch.Tensor,
     pred_boxes: torch.Tensor,
     use_focal_loss: bool,
-    threshold: float = 0.5,
+    threshold: float | torch.Tensor = 0.5,
     target_sizes: torch.Tensor | Sequence[Sequence[int]] | None = None,
     top_k: int | None = 100,
+    temperature: float | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Raw predictions -> per-image ``{"scores", "labels", "boxes"}``, best score first (see
-    :meth:`~detr_hf.image_processing_detr.DetrHfImageProcessor.post_process_object_detection`)."""
+    :meth:`~detr_hf.image_processing_detr.DetrHfImageProcessor.post_process_object_detection`).
+
+    ``threshold``: a float, or a tensor ``(K,)`` of one threshold per label. ``temperature``: scores become
+    ``sigmoid(logit(score) / temperature)`` (for sigmoid heads, the logits divided by it; ranking unchanged)."""
     batch, num_queries, num_logits = logits.shape
     if target_sizes is not None and len(target_sizes) != batch:
         raise ValueError(f"target_sizes has {len(target_sizes)} entries for a batch of {batch} predictions")
@@ -93,6 +97,8 @@ def detections(
         k = num_queries if top_k is None else min(top_k, num_queries)
         scores, query = best.topk(k, dim=1)
         labels = best_label.gather(1, query)
+    if temperature is not None and float(temperature) != 1.0:
+        scores = (scores.clamp(1e-6, 1 - 1e-6).logit() / float(temperature)).sigmoid()
     boxes = cxcywh_to_xyxy(pred_boxes.float()).gather(1, query.unsqueeze(-1).expand(-1, -1, 4))
     if target_sizes is not None:
         sizes = torch.as_tensor(
@@ -103,6 +109,7 @@ def detections(
         boxes = boxes * sizes[:, [1, 0, 1, 0]].unsqueeze(1)
     results = []
     for image_scores, image_labels, image_boxes in zip(scores, labels, boxes):
-        keep = image_scores > threshold
+        limit = threshold.to(image_scores.device)[image_labels] if torch.is_tensor(threshold) else threshold
+        keep = image_scores > limit
         results.append({"scores": image_scores[keep], "labels": image_labels[keep], "boxes": image_boxes[keep]})
     return results
