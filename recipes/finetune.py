@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from detr_hf.data import class_names_of, load_detection_dataset, make_synthetic_dataset
 from detr_hf.evaluation import eval_dataloader, evaluate_detector, format_metrics_table
+from detr_hf.evaluation.report import report_after_training
 from detr_hf.training import (
     LATEST_CHECKPOINT,
     ModelEma,
@@ -92,6 +93,7 @@ class Run:
     started: float  # time.perf_counter() of the run's start, moved back by the time a resumed run already trained
     last_eval_time: float
     stop: bool = False
+    evaluator: Any = None  # the last evaluation's detections, for the operating-point report
 
     @property
     def output_dir(self) -> Path:
@@ -294,6 +296,7 @@ def evaluate(run: Run, predictions: Path | None = None) -> dict[str, Any] | None
     metrics, evaluator = evaluate_detector(
         run.eval_model, run.processor, run.eval_loader, run.ground_truth, accelerator
     )
+    run.evaluator = evaluator
     if predictions is not None and accelerator.is_main_process:
         predictions.write_text(json.dumps(evaluator.coco_results()), encoding="utf-8")
     if accelerator.is_main_process:
@@ -357,6 +360,7 @@ def save(run: Run, model: Any, metrics: dict[str, Any] | None) -> dict[str, Any]
 
 def write_outputs(run: Run, model: Any, metrics: dict[str, Any], train_results: dict[str, Any]) -> None:
     config, output_dir = run.config, run.output_dir
+    report_after_training(output_dir, model, run.processor, run.ground_truth, run.evaluator)
     run.processor.save_pretrained(output_dir)
     (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     (output_dir / "train_results.json").write_text(json.dumps(train_results, indent=2), encoding="utf-8")

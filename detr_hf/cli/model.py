@@ -12,6 +12,7 @@ import sys
 from pathlib import Path, PurePath
 
 from ..pretrained import load_detector
+from .report import add_report_arguments, run_report, threshold_value
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -26,6 +27,7 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", help="also write the metrics (eval_results.json) and the detections here "
                    "(predictions.json: COCO results with the source's category and image ids, so they score against "
                    "the original COCO annotation file)")  # fmt: skip
+    add_report_arguments(p)
     p.set_defaults(run=run_evaluate)
 
 
@@ -45,6 +47,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "eval_results.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         (out / "predictions.json").write_text(json.dumps(evaluator.coco_results()), encoding="utf-8")
+    run_report(args, evaluator, dataset[args.split])
     return 0
 
 
@@ -64,7 +67,9 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model folder or Hub id")
     p.add_argument("images", nargs="+", help="image files or folders of images (searched recursively)")
     p.add_argument("--output", "-o", required=True, help="folder for the drawn images and detections.json")
-    p.add_argument("--threshold", type=float, default=0.5, help="minimum score (default 0.5)")
+    p.add_argument("--threshold", type=threshold_value, default=0.5,
+                   help="minimum score (default 0.5), or 'auto': the per-class thresholds saved by "
+                   "`detr-hf evaluate --report DIR --save-operating-point`")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=4)
     p.set_defaults(run=run_predict)
 

@@ -86,8 +86,8 @@ def report_markdown(report: Mapping[str, Any]) -> str:
             "## Calibration",
             "",
             f"Expected calibration error on {calibration['held_out_detections']} held-out detections "
-            f"({calibration['held_out_images']} images): {calibration['ece_before']:.3f} as the scores are, "
-            f"{calibration['ece_after']:.3f} after temperature T = {calibration['temperature']:.3f} "
+            f"({calibration['held_out_images']} images): {_value(calibration['ece_before'])} as the scores are, "
+            f"{_value(calibration['ece_after'])} after temperature T = {calibration['temperature']:.3f} "
             f"(fitted on the other {calibration['fit_images']} images).",
             "",
             "![reliability diagrams](reliability.png)",
@@ -106,6 +106,11 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def terminal_summary(report: Mapping[str, Any]) -> str:
+    """The AP table and the per-class table with their intervals, for the terminal."""
+    return "\n".join([*_overall(report), "", *_per_class_table(report)])
 
 
 def model_card_section(output_dir: str | Path, report_folder: str = "report") -> list[str]:
@@ -131,7 +136,7 @@ def model_card_section(output_dir: str | Path, report_folder: str = "report") ->
         lines += [
             "",
             f"Scores are temperature-scaled (T = {calibration['temperature']:.3f}): expected calibration error "
-            f"{calibration['ece_before']:.3f} -> {calibration['ece_after']:.3f} on held-out images.",
+            f"{_value(calibration['ece_before'])} -> {_value(calibration['ece_after'])} on held-out images.",
         ]
     lines += ["", f"![precision, recall and F1 per class]({report_folder}/pr_curves.png)"]
     lines += [f"![confusion matrix]({report_folder}/confusion_matrix.png)"]

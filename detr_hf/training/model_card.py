@@ -7,6 +7,7 @@ from typing import Any
 
 import yaml
 
+from ..evaluation.report_markdown import model_card_section as operating_point_section
 from .config import TrainingConfig
 
 
@@ -44,6 +45,7 @@ def write_model_card(
     per_class = metrics.get("map_per_class") or {}
     if per_class:
         lines += ["", "| class | AP |", "|---|---|"] + [f"| {name} | {ap:.4f} |" for name, ap in per_class.items()]
+    lines += operating_point_section(output_dir)  # the report's per-class table, thresholds and plots, if written
     lines += [
         "",
         f"Classes ({len(id2label)}): " + ", ".join(id2label[i] for i in sorted(id2label)),
