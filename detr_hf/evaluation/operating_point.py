@@ -140,7 +140,8 @@ def plot_curves(curves: Sequence[ClassCurve], names: Sequence[str], points: Sequ
         ax.title.set_fontsize(9)
     for ax in list(axes.flat)[len(curves) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7, loc="lower left")
+    if axes.flat[0].lines:
+        axes.flat[0].legend(fontsize=7, loc="lower left")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
