@@ -23,8 +23,8 @@ from .coco_evaluator import CocoEvaluator
 @dataclass
 class _ClassVerdicts:
     image: np.ndarray  # (N,) image index of each detection, in COCO's accumulation order
-    tp: np.ndarray  # (T, N) float
-    fp: np.ndarray  # (T, N) float
+    tp: np.ndarray  # (T, N) bool: a true positive at each IoU threshold
+    fp: np.ndarray  # (T, N) bool: a false positive (neither matched nor ignored)
     num_gt: np.ndarray  # (I,) non-ignored ground-truth boxes per image
 
 
@@ -76,10 +76,11 @@ def per_image_verdicts(evaluator: CocoEvaluator) -> PerImageVerdicts:
         if scores:
             order = np.argsort(-np.concatenate(scores), kind="mergesort")  # COCO's accumulation order
             image = np.concatenate(images)[order]
-            tp = np.concatenate(tps, axis=1)[:, order].astype(np.float64)
-            fp = np.concatenate(fps, axis=1)[:, order].astype(np.float64)
+            tp = np.concatenate(tps, axis=1)[:, order]
+            fp = np.concatenate(fps, axis=1)[:, order]
         else:
-            image, tp, fp = np.zeros(0, dtype=np.int64), np.zeros((num_t, 0)), np.zeros((num_t, 0))
+            image = np.zeros(0, dtype=np.int64)
+            tp, fp = np.zeros((num_t, 0), dtype=bool), np.zeros((num_t, 0), dtype=bool)
         verdicts[category_id] = _ClassVerdicts(image, tp, fp, num_gt)
     categories = evaluator.ground_truth["categories"]
     return PerImageVerdicts(
@@ -90,27 +91,46 @@ def per_image_verdicts(evaluator: CocoEvaluator) -> PerImageVerdicts:
     )
 
 
+def _precision_at_recalls(
+    verdicts: _ClassVerdicts, t: int, weights: np.ndarray, rec_thresholds: np.ndarray
+) -> np.ndarray:
+    """(R, 101) interpolated precision at IoU index ``t`` under image weights (R, I); rows of -1 where the class has
+    no ground truth.
+
+    COCO's interpolated precision at recall r is the best precision at or after the first detection reaching r, and
+    precision peaks at true positives, so only the true positives' positions are needed: at each, the cumulative
+    counts are ``weights @ per-image counts`` (a matrix product instead of a cumulative sum over every detection).
+    """
+    num_r, num_images = weights.shape
+    out = np.zeros((num_r, len(rec_thresholds)))
+    num_gt = weights @ verdicts.num_gt.astype(weights.dtype)  # (R,)
+    out[num_gt == 0] = -1.0
+    hits = np.flatnonzero(verdicts.tp[t])
+    if hits.size == 0:
+        return out
+    image = verdicts.image
+    tp_counts = np.zeros((hits.size, num_images), dtype=weights.dtype)
+    tp_counts[np.arange(hits.size), image[hits]] = 1
+    np.cumsum(tp_counts, axis=0, out=tp_counts)  # (K, I): true positives of each image up to the k-th
+    misses = np.flatnonzero(verdicts.fp[t])
+    fp_counts = np.zeros((hits.size + 1, num_images), dtype=weights.dtype)
+    np.add.at(fp_counts, (np.searchsorted(hits, misses), image[misses]), 1)
+    fp_counts = np.cumsum(fp_counts, axis=0)[: hits.size]  # (K, I): false positives of each image before the k-th
+    tps, fps = weights @ tp_counts.T, weights @ fp_counts.T  # (R, K)
+    recall = tps / np.maximum(num_gt, 1e-12)[:, None]
+    precision = tps / (tps + fps + np.spacing(1))
+    precision = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]  # COCO's envelope
+    for r in np.flatnonzero(num_gt > 0):
+        index = np.searchsorted(recall[r], rec_thresholds, side="left")
+        valid = index < hits.size
+        out[r, valid] = precision[r, index[valid]]
+    return out
+
+
 def _class_precision(verdicts: _ClassVerdicts, weights: np.ndarray, rec_thresholds: np.ndarray) -> np.ndarray:
     """(R, T, 101) interpolated precision under image weights (R, I); -1 where the class has no ground truth."""
-    num_r, num_t = weights.shape[0], verdicts.tp.shape[0]
-    out = np.zeros((num_r, num_t, len(rec_thresholds)))
-    num_gt = weights @ verdicts.num_gt  # (R,)
-    out[num_gt == 0] = -1.0
-    if verdicts.tp.shape[1] == 0:
-        return out
-    w = weights[:, verdicts.image]  # (R, N)
-    tps = np.cumsum(verdicts.tp[None] * w[:, None], axis=2)  # (R, T, N)
-    fps = np.cumsum(verdicts.fp[None] * w[:, None], axis=2)
-    recall = tps / np.maximum(num_gt, 1e-12)[:, None, None]
-    precision = tps / (tps + fps + np.spacing(1))
-    precision = np.maximum.accumulate(precision[..., ::-1], axis=2)[..., ::-1]  # COCO's envelope
-    n = precision.shape[2]
-    for r in np.flatnonzero(num_gt > 0):
-        for t in range(num_t):
-            index = np.searchsorted(recall[r, t], rec_thresholds, side="left")
-            valid = index < n
-            out[r, t, valid] = precision[r, t, index[valid]]
-    return out
+    num_t = verdicts.tp.shape[0]
+    return np.stack([_precision_at_recalls(verdicts, t, weights, rec_thresholds) for t in range(num_t)], axis=1)
 
 
 @dataclass
@@ -147,7 +167,7 @@ def _statistics(verdicts: PerImageVerdicts, weights: np.ndarray) -> dict[str, np
 
 
 def bootstrap_ap(
-    verdicts: PerImageVerdicts, num_resamples: int = 500, seed: int = 0, chunk: int = 25
+    verdicts: PerImageVerdicts, num_resamples: int = 500, seed: int = 0, chunk: int = 250
 ) -> BootstrapResult:
     """mAP, mAP@0.5 and per-class AP with 95% percentile intervals over ``num_resamples`` image resamples."""
     rng = np.random.default_rng(seed)
@@ -157,7 +177,7 @@ def bootstrap_ap(
     for start in range(0, num_resamples, chunk):
         size = min(chunk, num_resamples - start)
         drawn = rng.integers(0, num_images, size=(size, num_images))
-        weights = np.stack([np.bincount(row, minlength=num_images) for row in drawn]).astype(np.float64)
+        weights = np.stack([np.bincount(row, minlength=num_images) for row in drawn]).astype(np.float32)
         for key, value in _statistics(verdicts, weights).items():
             samples[key].append(value)
     stacked = {key: np.concatenate(values) for key, values in samples.items()}

@@ -62,11 +62,11 @@ def reliability(scores: np.ndarray, correct: np.ndarray, bins: int = 10) -> Reli
     return Reliability(edges, count, mean_score, accuracy, ece)
 
 
-def fit_temperature(scores: np.ndarray, correct: np.ndarray) -> float:
+def fit_temperature(scores: np.ndarray, correct: np.ndarray) -> float | None:
     """The ``T`` in [0.05, 20] minimising the log-loss of ``correct`` under ``sigmoid(logit(scores) / T)`` (a grid
-    over log T, then a golden-section refinement); 1.0 when there is nothing to fit or one outcome only."""
+    over log T, then a golden-section refinement); None when there is nothing to fit or one outcome only."""
     if len(scores) == 0 or correct.all() or not correct.any():
-        return 1.0
+        return None
     logits = np.log(np.clip(scores, _EPS, 1 - _EPS) / (1 - np.clip(scores, _EPS, 1 - _EPS)))
     y = correct.astype(np.float64)
 
@@ -91,7 +91,7 @@ def fit_temperature(scores: np.ndarray, correct: np.ndarray) -> float:
 class CalibrationResult:
     """ECE of the scores as they are and after temperature ``T``, on the held-out images; the diagrams' data."""
 
-    temperature: float
+    temperature: float | None  # None: not fitted (no detections, or all right, or all wrong, in the fit part)
     ece_before: float
     ece_after: float
     num_fit: int  # detections the temperature was fitted on
@@ -113,7 +113,7 @@ def calibrate(
     scores, correct = scored_detections([images[i] for i in held_out_indices], min_score)
     temperature = fit_temperature(fit_scores, fit_correct)
     before = reliability(scores, correct, bins)
-    after = reliability(apply_temperature(scores, temperature), correct, bins)
+    after = before if temperature is None else reliability(apply_temperature(scores, temperature), correct, bins)
     return CalibrationResult(temperature, before.ece, after.ece, len(fit_scores), len(scores), before, after)
 
 
@@ -125,7 +125,8 @@ def plot_reliability(result: CalibrationResult, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 2, figsize=(8, 3.6))
-    panels = ((result.before, "scores as they are"), (result.after, f"temperature T={result.temperature:.2f}"))
+    scaled = "no temperature fitted" if result.temperature is None else f"temperature T={result.temperature:.2f}"
+    panels = ((result.before, "scores as they are"), (result.after, scaled))
     for ax, (diagram, title) in zip(axes, panels):
         centers = (diagram.edges[:-1] + diagram.edges[1:]) / 2
         width = diagram.edges[1] - diagram.edges[0]

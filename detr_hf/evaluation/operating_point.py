@@ -55,7 +55,7 @@ class ClassOperatingPoint:
     recall: float | None
     f1: float | None
     num_gt: int
-    rule: str  # "max_f1", "target_precision", "target_unreached (max_f1)" or "default"
+    rule: str  # "max_f1", "target_precision", "target_unreached (max_f1)", or "default" (no data, or nothing right)
 
 
 def class_curves(images: Sequence[ImageMatches], num_labels: int) -> list[ClassCurve]:
@@ -83,6 +83,8 @@ def suggest_threshold(curve: ClassCurve, target_precision: float | None = None) 
     """
     if len(curve.thresholds) == 0 or curve.num_gt == 0:
         return ClassOperatingPoint(DEFAULT_THRESHOLD, None, None, None, curve.num_gt, "default")
+    if curve.tp[-1] == 0:  # no detection of the class is right: every threshold gives F1 = 0
+        return ClassOperatingPoint(DEFAULT_THRESHOLD, 0.0, 0.0, 0.0, curve.num_gt, "default")
     f1, rule = curve.f1, "max_f1"
     index = int(np.argmax(f1))
     if target_precision is not None:

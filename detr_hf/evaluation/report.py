@@ -69,7 +69,8 @@ def build_report(
     if temperature_scaling and held_out:
         calibration = calibrate(images, fit, held_out)
         temperature = calibration.temperature
-        images = [replace(m, det_scores=apply_temperature(m.det_scores, temperature)) for m in images]
+        if temperature is not None:
+            images = [replace(m, det_scores=apply_temperature(m.det_scores, temperature)) for m in images]
 
     points, curves = operating_points(images, id2label, target_precision)
     thresholds = {label: points[name].threshold for label, name in id2label.items()}

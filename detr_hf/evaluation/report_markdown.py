@@ -65,7 +65,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         "## Per class, at the suggested thresholds (IoU 0.5)",
         "",
         f"Thresholds: {_rule_text(report)}"
-        + (", on temperature-scaled scores." if report.get("calibration") else "."),
+        + (", on temperature-scaled scores." if (report.get("calibration") or {}).get("temperature") else "."),
         "Run the model at them with `threshold=\"auto\"` once saved in its config.",
         "",
         *_per_class_table(report),
@@ -81,7 +81,18 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         "",
     ]
     calibration = report.get("calibration")
-    if calibration:
+    if calibration and calibration["temperature"] is None:
+        lines += [
+            "## Calibration",
+            "",
+            f"Expected calibration error on {calibration['held_out_detections']} held-out detections: "
+            f"{_value(calibration['ece_before'])}. No temperature was fitted: the fit part's detections are all right, "
+            "all wrong, or none.",
+            "",
+            "![reliability diagram](reliability.png)",
+            "",
+        ]
+    elif calibration:
         lines += [
             "## Calibration",
             "",
@@ -132,7 +143,7 @@ def model_card_section(output_dir: str | Path, report_folder: str = "report") ->
         *_per_class_table(report),
     ]
     calibration = report.get("calibration")
-    if calibration:
+    if calibration and calibration["temperature"] is not None:
         lines += [
             "",
             f"Scores are temperature-scaled (T = {calibration['temperature']:.3f}): expected calibration error "

@@ -35,3 +35,31 @@ def test_intervals_shrink_as_the_split_grows():
     width = {name: r.interval["map"][1] - r.interval["map"][0] for name, r in (("small", small), ("large", large))}
     assert width["large"] < 0.6 * width["small"]  # sqrt(8) narrower in expectation
     assert np.isfinite(list(width.values())).all()
+
+
+def test_a_resample_without_some_images_is_coco_on_the_others():
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from detr_hf.evaluation.bootstrap import _statistics
+
+    truth = random_objects(50, seed=7)
+    _, evaluator = evaluate_images(OverconfidentStub(truth), detection_split(truth), show_progress=False)
+    verdicts = per_image_verdicts(evaluator)
+    keep = np.random.default_rng(0).random(verdicts.num_images) < 0.6
+    stats = _statistics(verdicts, keep[None].astype(np.float32))
+    image_ids = sorted(image["id"] for image in evaluator.ground_truth["images"])
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = evaluator.ground_truth
+        coco_gt.createIndex()
+        coco_eval = COCOeval(coco_gt, coco_gt.loadRes(evaluator.coco_results()), iouType="bbox")
+        coco_eval.params.imgIds = [i for i, k in zip(image_ids, keep) if k]
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    assert stats["map"][0] == pytest.approx(coco_eval.stats[0], abs=1e-6)
+    assert stats["map_50"][0] == pytest.approx(coco_eval.stats[1], abs=1e-6)
