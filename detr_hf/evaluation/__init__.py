@@ -8,7 +8,10 @@ reduction as ``COCOeval.summarize``.
 
 The package: ``ground_truth`` (a dataset or a COCO json as a COCO dict), ``coco_evaluator`` (detections accumulated
 across processes, the backends), ``metrics`` (COCOeval's arrays as named metrics), ``tables`` (the text table) and
-``loop`` (the evaluation dataloader and ``evaluate_detector``).
+``loop`` (the evaluation dataloader and ``evaluate_detector``). The operating-point and trust report (docs/reports.md)
+builds on the evaluator's stored detections: ``matching`` (one greedy matching at IoU 0.5), ``operating_point``
+(per-class thresholds), ``confusion``, ``calibration``, ``bootstrap`` (AP intervals), ``error_gallery``, and
+``report`` / ``report_markdown`` (the folder and the model card's section).
 
 Conventions worth knowing:
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,9 +204,7 @@ def bootstrap_ap(
     )
 
 
-def bootstrap_sums(
-    per_image: np.ndarray, num_resamples: int = 500, seed: int = 0
-) -> np.ndarray:
+def bootstrap_sums(per_image: np.ndarray, num_resamples: int = 500, seed: int = 0) -> np.ndarray:
     """Resampled column sums of per-image counts ``(I, K)``: ``(num_resamples, K)``; for ratios of counts (precision,
     recall at a threshold) resample numerator and denominator together."""
     rng = np.random.default_rng(seed)
@@ -248,5 +246,3 @@ def result_as_dict(result: BootstrapResult) -> dict[str, Any]:
         }
     )
 
-
-__all__: Sequence[str] = ["bootstrap_ap", "bootstrap_sums", "per_image_verdicts", "format_interval"]

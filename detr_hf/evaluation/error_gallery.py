@@ -37,10 +37,16 @@ def false_positives(images: Sequence[ImageMatches], id2label: Mapping[int, str],
             nearest = {"label": id2label[int(image.gt_labels[g])], "iou": round(float(iou[g]), 3),
                        "box_xyxy": [round(float(v), 2) for v in image.gt_boxes[g]]}  # fmt: skip
         entries.append(
-            {"kind": "false_positive", "image_id": image.image_id, "file_name": image.file_name,
-             "label": id2label[int(image.det_labels[d])], "score": round(score, 4),
-             "box_xyxy": [round(float(v), 2) for v in box], "overlapping_ground_truth": nearest,
-             "_image": index}  # fmt: skip
+            {
+                "kind": "false_positive",
+                "image_id": image.image_id,
+                "file_name": image.file_name,
+                "label": id2label[int(image.det_labels[d])],
+                "score": round(score, 4),
+                "box_xyxy": [round(float(v), 2) for v in box],
+                "overlapping_ground_truth": nearest,
+                "_image": index,
+            }
         )
     return entries
 
@@ -74,10 +80,16 @@ def missed_objects(
             best = {"label": id2label[int(image.det_labels[d])], "score": round(float(image.det_scores[d]), 4),
                     "iou": round(float(iou[d]), 3), "box_xyxy": [round(float(v), 2) for v in image.det_boxes[d]]}  # fmt: skip
         entries.append(
-            {"kind": "missed", "image_id": image.image_id, "file_name": image.file_name,
-             "label": id2label[int(image.gt_labels[g])], "area": round(area, 1),
-             "box_xyxy": [round(float(v), 2) for v in image.gt_boxes[g]], "best_detection": best,
-             "_image": index}  # fmt: skip
+            {
+                "kind": "missed",
+                "image_id": image.image_id,
+                "file_name": image.file_name,
+                "label": id2label[int(image.gt_labels[g])],
+                "area": round(area, 1),
+                "box_xyxy": [round(float(v), 2) for v in image.gt_boxes[g]],
+                "best_detection": best,
+                "_image": index,
+            }
         )
     return entries
 

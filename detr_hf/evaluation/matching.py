@@ -119,9 +119,17 @@ def match_images(evaluator: CocoEvaluator, iou_threshold: float = 0.5) -> list[I
         det_gt, ignored = greedy_match(gt_boxes, gt_labels, gt_crowd, det_boxes, det_scores, det_labels, iou_threshold)
         results.append(
             ImageMatches(
-                int(image["id"]), image.get("file_name"), gt_boxes, gt_labels, gt_crowd,
-                det_boxes, det_scores, det_labels, det_gt, ignored,
-            )  # fmt: skip
+                int(image["id"]),
+                image.get("file_name"),
+                gt_boxes,
+                gt_labels,
+                gt_crowd,
+                det_boxes,
+                det_scores,
+                det_labels,
+                det_gt,
+                ignored,
+            )
         )
     return results
 
@@ -131,6 +139,6 @@ def split_images(images: Sequence[ImageMatches], fraction: float = 0.5) -> tuple
     out. Both parts get at least one image when there are two or more."""
     keys = np.array([(image.image_id * 2654435761) % 2**32 for image in images], dtype=np.int64)
     order = np.argsort(keys, kind="stable")
-    cut = int(round(len(images) * fraction))
+    cut = round(len(images) * fraction)
     cut = min(max(cut, 1), len(images) - 1) if len(images) >= 2 else len(images)
     return sorted(order[:cut].tolist()), sorted(order[cut:].tolist())

@@ -180,7 +180,9 @@ def save_operating_point(
     files = [folder / "config.json", folder / "preprocessor_config.json"]
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise FileNotFoundError(f"Cannot save the operating point: {missing} not found (a local model folder is needed).")
+        raise FileNotFoundError(
+            f"Cannot save the operating point: {missing} not found (a local model folder is needed)."
+        )
     contents = [json.loads(f.read_text(encoding="utf-8")) for f in files]
     holders = [SimpleNamespace(**c) for c in contents]
     apply_operating_point(holders[0], holders[1], thresholds, temperature)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .bootstrap import bootstrap_ap, bootstrap_sums, format_interval, per_image_verdicts, result_as_dict
+from .bootstrap import bootstrap_ap, bootstrap_sums, per_image_verdicts, result_as_dict
 from .calibration import apply_temperature, calibrate, plot_reliability
 from .coco_evaluator import CocoEvaluator
 from .confusion import confusion_matrix, plot_confusion_matrix
@@ -150,7 +150,7 @@ def write_report(
         missed_objects(images, id2label, thresholds, gallery_size), images, dataset, id2label, out / "missed.png"
     )
     (out / "errors.json").write_text(json.dumps(errors, indent=2), encoding="utf-8")
-    report["files"] = sorted(p.name for p in out.iterdir() if p.suffix in (".png", ".json")) + ["report.md"]
+    report["files"] = [*sorted(p.name for p in out.iterdir() if p.suffix in (".png", ".json")), "report.md"]
     (out / REPORT_JSON).write_text(json.dumps(report, indent=2), encoding="utf-8")
     from .report_markdown import report_markdown
 

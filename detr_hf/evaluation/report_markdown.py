@@ -66,7 +66,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
         "",
         f"Thresholds: {_rule_text(report)}"
         + (", on temperature-scaled scores." if (report.get("calibration") or {}).get("temperature") else "."),
-        "Run the model at them with `threshold=\"auto\"` once saved in its config.",
+        'Run the model at them with `threshold="auto"` once saved in its config.',
         "",
         *_per_class_table(report),
         "",

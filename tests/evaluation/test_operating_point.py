@@ -110,7 +110,9 @@ def test_saved_operating_point_reaches_load_detector_predict_and_the_pipeline(tm
     from detr_hf.pretrained import load_detector
 
     torch.manual_seed(0)
-    model = DetrForObjectDetection(DetrConfig(backbone_config=ResNetConfig(**TINY_RESNET), **{**TINY_DETR, "num_labels": 3}))
+    model = DetrForObjectDetection(
+        DetrConfig(backbone_config=ResNetConfig(**TINY_RESNET), **{**TINY_DETR, "num_labels": 3})
+    )
     model.save_pretrained(tmp_path)
     DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 64}).save_pretrained(tmp_path)
     save_operating_point(tmp_path, {"0": 0.0, "1": 0.0, "2": 0.0}, 1.5)

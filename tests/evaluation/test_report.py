@@ -24,7 +24,7 @@ def test_report_folder_holds_every_part(tmp_path):
     assert saved["detection_thresholds"] == report["detection_thresholds"]
     assert set(saved["detection_thresholds"]) == {"0", "1", "2"}
     assert saved["bootstrap"]["point"]["map"] == pytest.approx(metrics["map"])
-    for name, row in saved["per_class"].items():
+    for _name, row in saved["per_class"].items():
         low, high = row["ap_interval_95"]
         assert low <= row["ap"] <= high
         assert row["precision_interval_95"][0] <= row["precision"] <= row["precision_interval_95"][1]
