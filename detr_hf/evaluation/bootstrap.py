@@ -245,4 +245,3 @@ def result_as_dict(result: BootstrapResult) -> dict[str, Any]:
             "per_class_interval_95": result.per_class_interval,
         }
     )
-
