@@ -25,7 +25,7 @@ from transformers.utils import logging
 
 from .imaging import describe_image, image_list, match_channels, to_hwc_array
 from .resizing import as_resample, get_resize_output_size, resize_array, standardize_size
-from .targets import detections, encode_target
+from .targets import detections, encode_target, label_thresholds
 
 logger = logging.get_logger(__name__)
 
@@ -371,25 +371,9 @@ class DetrHfImageProcessor(BaseImageProcessor):
         logits = outputs["logits"] if isinstance(outputs, Mapping) else outputs.logits
         pred_boxes = outputs["pred_boxes"] if isinstance(outputs, Mapping) else outputs.pred_boxes
         if isinstance(threshold, str):
-            threshold = self._label_thresholds(threshold, logits.shape[-1])
+            threshold = label_thresholds(threshold, getattr(self, "detection_thresholds", None), logits.shape[-1])
         temperature = getattr(self, "score_temperature", None)
         return detections(logits, pred_boxes, self.use_focal_loss, threshold, target_sizes, top_k, temperature)
-
-    def _label_thresholds(self, threshold: str, num_logits: int) -> torch.Tensor:
-        """The ``(num_logits,)`` per-label thresholds ``threshold="auto"`` stands for."""
-        saved = getattr(self, "detection_thresholds", None)
-        if threshold != "auto":
-            raise ValueError(f"threshold must be a number or 'auto', got {threshold!r}")
-        if not saved:
-            raise ValueError(
-                "threshold='auto' needs per-class thresholds, and this processor has none: write them with "
-                "`detr-hf evaluate --report DIR --save-operating-point` (see docs/reports.md), or pass a number"
-            )
-        limits = torch.full((num_logits,), 0.5)
-        for label, value in saved.items():
-            if 0 <= int(label) < num_logits:
-                limits[int(label)] = float(value)
-        return limits
 
 
 # ---------------------------------------------------------------------- configuration values

@@ -113,3 +113,20 @@ def detections(
         keep = image_scores > limit
         results.append({"scores": image_scores[keep], "labels": image_labels[keep], "boxes": image_boxes[keep]})
     return results
+
+
+def label_thresholds(threshold: str, saved: Mapping[str, float] | None, num_logits: int) -> torch.Tensor:
+    """The ``(num_logits,)`` per-label thresholds ``threshold="auto"`` stands for: the ``saved`` ones (label id as a
+    string -> threshold), 0.5 for a label without one."""
+    if threshold != "auto":
+        raise ValueError(f"threshold must be a number or 'auto', got {threshold!r}")
+    if not saved:
+        raise ValueError(
+            "threshold='auto' needs per-class thresholds, and this processor has none: write them with "
+            "`detr-hf evaluate --report DIR --save-operating-point` (see docs/reports.md), or pass a number"
+        )
+    limits = torch.full((num_logits,), 0.5)
+    for label, value in saved.items():
+        if 0 <= int(label) < num_logits:
+            limits[int(label)] = float(value)
+    return limits
