@@ -360,7 +360,8 @@ def save(run: Run, model: Any, metrics: dict[str, Any] | None) -> dict[str, Any]
 
 def write_outputs(run: Run, model: Any, metrics: dict[str, Any], train_results: dict[str, Any]) -> None:
     config, output_dir = run.config, run.output_dir
-    report_after_training(output_dir, model, run.processor, run.ground_truth, run.evaluator)
+    if config.operating_point_report:  # docs/reports.md
+        report_after_training(output_dir, model, run.processor, run.ground_truth, run.evaluator)
     run.processor.save_pretrained(output_dir)
     (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     (output_dir / "train_results.json").write_text(json.dumps(train_results, indent=2), encoding="utf-8")

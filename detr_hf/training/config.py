@@ -68,6 +68,8 @@ class TrainingConfig:
     save_total_limit: int | None = 2  # newest step checkpoints of this run kept; 0: none saved; null: all kept
     resume_from_checkpoint: str | None = None  # "latest" or a folder
     logging_steps: int = 10
+    # at the end: per-class thresholds (saved for threshold="auto"), calibration, intervals, error gallery in report/
+    operating_point_report: bool = True
     report_to: list[str] = field(default_factory=list)  # Accelerate trackers: "tensorboard", "trackio", "wandb"
     push_to_hub: bool = False
     hub_model_id: str | None = None
