@@ -1,7 +1,7 @@
 """`detr-hf evaluate` and `detr-hf predict`: a trained model's COCO table, and its detections drawn on images.
 
-detr-hf evaluate --model runs/quickstart --data data/mine [--split validation]
-detr-hf predict --model runs/quickstart photo.jpg more_photos/ --output predictions/ [--threshold 0.5]
+detr-hf evaluate --model runs/quickstart --data data/mine [--split validation] [--report DIR [--save-operating-point]]
+detr-hf predict --model runs/quickstart photo.jpg more_photos/ --output predictions/ [--threshold 0.5 | auto]
 """
 
 from __future__ import annotations
