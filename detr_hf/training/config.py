@@ -51,6 +51,9 @@ class TrainingConfig:
     lr_scheduler: str = "step"  # "step" | "cosine" | "constant"
     lr_drop_fraction: float = 0.67  # step: when to divide the learning rate by 10, as a fraction of training
     warmup_steps: int = 0
+    warmup_epochs: float = 0.0  # warm-up in epochs of the dataset (used when warmup_steps is 0)
+    # overfit one training batch for this many steps (true: 50) before the run; stop if the loss can't go down
+    sanity_check: int | bool = False
     max_grad_norm: float = 0.1  # 0 or null: no clipping (the norm is still checked: a non-finite one skips the step)
     # a step whose loss or gradient norm is not finite (on any process) is skipped; this many in a row abort the run
     # with an error instead of saving a broken model (null: never abort)
