@@ -9,7 +9,7 @@ config fields a checkpoint can take as ``model_overrides`` without changing the 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Fields a checkpoint can take without changing the shape of a trained weight (or only the query tables, which are
 # then re-initialized and reported): the matcher, the loss, dropout, denoising and query counts.
@@ -40,7 +40,6 @@ class FamilyAdapter:
         force_processor: load the checkpoint's processor settings into ``processor`` even when the checkpoint names
             another class (e.g. one that needs torchvision, or that post-processes with a softmax a sigmoid model).
         denoising: the family trains with denoising queries (``num_denoising`` applies).
-        post_process_kwargs: extra arguments of the processor's ``post_process_object_detection``.
         checkpoints: Hub checkpoints to start from, for the docs.
     """
 
@@ -50,7 +49,6 @@ class FamilyAdapter:
     processor: str
     force_processor: bool = False
     denoising: bool = False
-    post_process_kwargs: dict = field(default_factory=dict)
     checkpoints: tuple[str, ...] = ()
 
     def check_overrides(self, overrides: dict, known_fields: set[str], from_checkpoint: bool) -> None:

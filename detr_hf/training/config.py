@@ -17,7 +17,8 @@ class TrainingConfig:
 
     # model: a checkpoint (Hub id or folder, detr_hf or transformers DETR), or a preset trained from scratch
     model: str | None = None
-    model_preset: str = "detr"  # "detr" | "dino_like" (when `model` is not given)
+    # "detr" | "dino_like" | a transformers model type ("rt_detr_v2", "d_fine"...: docs/families.md), random init
+    model_preset: str = "detr"
     model_overrides: dict[str, Any] = field(default_factory=dict)  # config fields, e.g. {num_queries: 300}
     class_head: str = (
         "auto"  # "auto": keep the checkpoint's rows for classes it knows by name, else new; "reuse"; "new"

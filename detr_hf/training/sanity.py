@@ -70,20 +70,20 @@ def sanity_check(model: nn.Module, batch: dict[str, Any], config: TrainingConfig
     ``output_dir``; raises with what to look at when the loss did not drop by :data:`REQUIRED_DROP`."""
     steps = DEFAULT_STEPS if config.sanity_check is True else int(config.sanity_check)
     problems = batch_problems(model, batch)
-    losses = overfit_one_batch(model, batch, config, steps) if not problems or steps else []
+    # a batch the loss can't even be computed on (labels outside the head) is reported without training
+    losses = [] if problems else overfit_one_batch(model, batch, config, steps)
     drop = loss_drop(losses) if losses else 0.0
     result = {"steps": steps, "losses": losses, "drop": drop, "problems": problems}
     if output_dir is not None:
         (Path(output_dir) / "sanity_check.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-    if problems or drop < REQUIRED_DROP:
-        seen = f"the loss went from {losses[0]:.3f} to {losses[-1]:.3f} in {steps} steps" if losses else "no steps"
-        causes = "; ".join(problems) or (
-            "the labels (class ids, box format), the class count, frozen parameters, or a learning rate too low "
-            f"(learning_rate={config.learning_rate})"
-        )
+    if problems:
+        raise RuntimeError(f"sanity check failed before training on the first batch: {'; '.join(problems)}.")
+    if drop < REQUIRED_DROP:
         raise RuntimeError(
-            f"sanity check failed: overfitting one batch of {len(batch['labels'])} images, {seen} (a drop of "
-            f"{drop:.0%}, {REQUIRED_DROP:.0%} needed). Check: {causes}."
+            f"sanity check failed: overfitting one batch of {len(batch['labels'])} images, the loss went from "
+            f"{losses[0]:.3f} to {losses[-1]:.3f} in {steps} steps (a drop of {drop:.0%}, {REQUIRED_DROP:.0%} "
+            "needed). Check the labels (class ids, box format), the class count, frozen parameters, and the learning "
+            f"rate (learning_rate={config.learning_rate})."
         )
     return result
 

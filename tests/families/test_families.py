@@ -14,15 +14,15 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from recipe_runs import load_recipe, recipe_arguments  # noqa: E402
-from tiny_families import save_tiny_checkpoint, tiny_options  # noqa: E402
+from recipe_runs import load_recipe, recipe_arguments
+from tiny_families import save_tiny_checkpoint, tiny_options
 
-from detr_hf.cli import main as detr_hf_cli  # noqa: E402
-from detr_hf.data import make_synthetic_dataset  # noqa: E402
-from detr_hf.families import FAMILIES, family_for  # noqa: E402
-from detr_hf.families.loading import build_family_model, load_family_detector  # noqa: E402
-from detr_hf.training import TrainingConfig, sanity_check  # noqa: E402
-from detr_hf.training.sanity import batch_problems  # noqa: E402
+from detr_hf.cli import main as detr_hf_cli
+from detr_hf.data import make_synthetic_dataset
+from detr_hf.families import FAMILIES, family_for
+from detr_hf.families.loading import build_family_model, load_family_detector
+from detr_hf.training import TrainingConfig, sanity_check
+from detr_hf.training.sanity import batch_problems
 
 # transformers' detr and deformable_detr checkpoints load into detr_hf's own classes (the native path)
 MODEL_TYPES = ["detr", "deformable_detr", *sorted(t for f in FAMILIES for t in f.model_types if t != "detr")]
@@ -32,6 +32,9 @@ CHECKPOINT_LABELS = ["cat", "dog", "car", "tree", "boat"]  # the synthetic data'
 def fine_tune(model_type: str, root: Path) -> Path:
     save_tiny_checkpoint(model_type, root / "checkpoint", CHECKPOINT_LABELS)
     out = root / "run"
+    # the denoising families' many loss terms (per layer, encoder, denoising groups) need a larger step to overfit
+    # one batch in 50 steps
+    learning_rate = 1e-2 if family_for(model_type, native_too=True).denoising else 3e-3
     arguments = recipe_arguments(
         out,
         model=str(root / "checkpoint"),
@@ -40,8 +43,8 @@ def fine_tune(model_type: str, root: Path) -> Path:
         num_epochs=1,
         augmentation="none",
         per_device_train_batch_size=2,
-        learning_rate=3e-3,
-        backbone_learning_rate=3e-3,
+        learning_rate=learning_rate,
+        backbone_learning_rate=learning_rate,
         sanity_check=50,
         ema_decay=0.99,
         warmup_epochs=0.5,
@@ -56,7 +59,8 @@ def test_recipe_fine_tunes_evaluates_and_predicts_each_family(model_type, tmp_pa
     sanity = json.loads((out / "sanity_check.json").read_text())
     assert len(sanity["losses"]) == 50 and sanity["drop"] >= 0.3, sanity["losses"][::10]
     config = json.loads((out / "config.json").read_text())
-    assert config["model_type"] == model_type
+    native = {"detr": "detr_hf", "deformable_detr": "detr_hf_deformable"}  # transformers' checkpoints load natively
+    assert config["model_type"] == native.get(model_type, model_type)
     assert config["id2label"] == {"0": "circle", "1": "square", "2": "triangle"}
     metrics = json.loads((out / "eval_results.json").read_text())
     assert 0 <= metrics["map"] <= 1 and set(metrics["map_per_class"]) == {"circle", "square", "triangle"}
@@ -88,27 +92,34 @@ def test_detr_hf_evaluate_runs_a_fixed_size_family(tmp_path):
     assert {p["image_id"] for p in predictions} == set(range(1, 5))
 
 
-@pytest.mark.parametrize("model_type", ["detr", "rt_detr_v2", "d_fine", "lw_detr", "yolos"])
+@pytest.mark.parametrize("model_type", ["table-transformer", "yolos", "rt_detr_v2", "d_fine", "lw_detr"])
 def test_class_heads_are_mapped_by_name(model_type, tmp_path):
-    """The dataset's classes known to the checkpoint keep their rows in every head (per layer, encoder, denoising):
-    the mapped model's logits are the checkpoint's logits of those classes."""
-    if model_type == "detr":
-        model_type = "table-transformer"  # transformers' detr loads natively; its twin has the same heads
+    """The dataset's classes known to the checkpoint keep their rows in every head (per layer, encoder, group heads,
+    denoising label embedding with its padding row last); every other weight is the checkpoint's."""
     labels = ["x", "circle", "y", "square", "triangle"]
     save_tiny_checkpoint(model_type, tmp_path, labels)
     original, _ = load_family_detector(str(tmp_path))
     mapped, _ = build_family_model(str(tmp_path), "", {}, "auto", ["triangle", "circle"])
-    mapped.eval()
     assert mapped.config.id2label == {0: "triangle", 1: "circle"}
-    pixels = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        before, after = original(pixel_values=pixels).logits, mapped(pixel_values=pixels).logits
-    rows = [4, 1] + ([5] if family_for(model_type).no_object_class else [])
-    torch.testing.assert_close(after, before[..., rows])
-    embed = getattr(mapped.model, "denoising_class_embed", None)
-    if embed is not None:  # its last row, the padding label, is kept last
-        full = original.model.denoising_class_embed.weight
-        torch.testing.assert_close(embed.weight, full[[4, 1, 5]])
+    family, before, after = family_for(model_type), original.state_dict(), mapped.state_dict()
+    assert before.keys() == after.keys()
+    heads = 0
+    for key, value in before.items():
+        if family.is_class_head(key.rsplit(".", 1)[0]) and value.shape[0] in (5, 6):
+            rows = [4, 1] + ([5] if value.shape[0] == 6 else [])  # "no object" or the denoising padding label
+            torch.testing.assert_close(after[key], value[rows])
+            heads += 1
+        else:
+            torch.testing.assert_close(after[key], value)
+    assert heads >= (6 if family.denoising else 2)
+    if model_type in ("table-transformer", "yolos"):  # one stage: the logits are the checkpoint's for those classes
+        pixels = torch.rand(1, 3, 64, 64)
+        with torch.no_grad():
+            logits, mapped_logits = (
+                original.eval()(pixel_values=pixels).logits,
+                mapped.eval()(pixel_values=pixels).logits,
+            )
+        torch.testing.assert_close(mapped_logits, logits[..., [4, 1, 5]])
 
 
 def test_overrides_that_do_not_apply_are_refused(tmp_path):
@@ -136,7 +147,7 @@ def test_a_random_family_model_is_built_from_a_preset():
 
 
 def test_sanity_check_fails_fast_with_what_to_look_at():
-    model, processor = build_family_model(None, "rt_detr_v2", tiny_options("rt_detr_v2"), "auto", ["a", "b"])
+    model, _ = build_family_model(None, "rt_detr_v2", tiny_options("rt_detr_v2"), "auto", ["a", "b"])
     batch = {
         "pixel_values": torch.rand(2, 3, 64, 64),
         "labels": [{"class_labels": torch.tensor([0, 1]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2]] * 2)}] * 2,
@@ -147,7 +158,9 @@ def test_sanity_check_fails_fast_with_what_to_look_at():
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(not ("class_embed" in name or "score_head" in name))
     assert batch_problems(model, batch) == ["a frozen class head (no class parameter requires a gradient)"]
+    with pytest.raises(RuntimeError, match="before training on the first batch: a frozen class head"):
+        sanity_check(model, batch, TrainingConfig(sanity_check=True), None)
     model.requires_grad_(True)
     config = TrainingConfig(learning_rate=0.0, backbone_learning_rate=0.0, sanity_check=3)
-    with pytest.raises(RuntimeError, match=r"sanity check failed: .* 3 steps .*learning_rate=0.0"):
+    with pytest.raises(RuntimeError, match=r"sanity check failed: .* in 3 steps .*learning_rate=0.0"):
         sanity_check(model, batch, config, None)
