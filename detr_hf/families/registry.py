@@ -81,7 +81,14 @@ def runs_natively(model: str | None, preset: str | None = None) -> bool:
     """Whether a run's model (a checkpoint, else the ``preset``) is detr_hf's own; False for a transformers family
     with an adapter. Raises for a model type detr_hf does not know."""
     if model is None:
-        return preset in NATIVE_PRESETS or family_for(preset, native_too=True) is None
+        if preset in NATIVE_PRESETS or preset in NATIVE_MODEL_TYPES:
+            return True  # "detr", "dino_like"; detr_hf's own types are refused by the native preset check
+        if preset not in _BY_MODEL_TYPE:
+            raise ValueError(
+                f"model_preset={preset!r}: use 'detr', 'dino_like' or one of transformers' model types "
+                f"{', '.join(sorted(_BY_MODEL_TYPE))} (a random model, sized by model_overrides)"
+            )
+        return False
     from ..pretrained import checkpoint_config
 
     return family_for(checkpoint_config(model).get("model_type")) is None

@@ -5,15 +5,12 @@ class heads mapped by name; options that don't apply refused."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-sys.path.insert(0, str(Path(__file__).parent))
 from recipe_runs import load_recipe, recipe_arguments
 from tiny_families import save_tiny_checkpoint, tiny_options
 
