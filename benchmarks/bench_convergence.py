@@ -12,6 +12,9 @@ Variants:
 - `hf-rtdetr`: transformers' RTDetrForObjectDetection (ResNet 32-256 channels, 3 levels, 50 queries, 50 denoising,
   `freeze_backbone_batch_norms=False` like the others: a backbone trained from scratch needs its BatchNorm);
 - `dino_like`: `DeformableDetrConfig.dino_like()` sized near RT-DETR's parameter count;
+- `hf-rtdetrv2`, `hf-dfine`: transformers' RT-DETRv2 and D-FINE built as the recipe builds them (`model_preset:
+  rt_detr_v2 | d_fine` with `model_overrides`, through detr_hf's family adapter), random init, on hf-rtdetr's ResNet
+  and sizes, so they differ from it only in decoder and loss;
 - ablations, not run by default: `dino_like-no-denoising`; `deformable` (box refinement and focal loss only: no
   two-stage, anchors or denoising); `deformable-softmax` (the same without focal loss).
 
@@ -34,7 +37,7 @@ from pathlib import Path
 import torch
 from machine import machine_line  # benchmarks/machine.py: scripts run from benchmarks/
 
-VARIANTS = ("detr_hf-detr", "hf-detr", "hf-rtdetr", "dino_like")
+VARIANTS = ("detr_hf-detr", "hf-detr", "hf-rtdetr", "dino_like", "hf-rtdetrv2", "hf-dfine")
 # every backbone here trains from scratch: all stages, BatchNorm with batch statistics (transformers' DETR can't)
 FROM_SCRATCH = dict(frozen_backbone_stages=-1, freeze_backbone_batch_norms=False)
 # the preset with parts of DINO taken away: what each part is worth
@@ -48,6 +51,21 @@ ABLATIONS = {
 OPTIONAL_VARIANTS = tuple(name for name in ABLATIONS if name not in VARIANTS)
 IMAGE_SIZE = 128
 RESNET = dict(embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1], layer_type="basic")
+# transformers families trained through the recipe's model builder: model_preset -> model_overrides
+FAMILY_VARIANTS = {"hf-rtdetrv2": "rt_detr_v2", "hf-dfine": "d_fine"}
+FAMILY_SIZE = dict(
+    backbone_config={"model_type": "rt_detr_resnet", **RESNET, "out_features": ["stage2", "stage3", "stage4"]},
+    encoder_in_channels=[64, 128, 256],
+    decoder_in_channels=[128, 128, 128],
+    d_model=128,
+    encoder_hidden_dim=128,
+    encoder_ffn_dim=512,
+    decoder_ffn_dim=512,
+    decoder_layers=3,
+    num_queries=50,
+    num_denoising=50,
+    freeze_backbone_batch_norms=False,
+)
 DETR_SIZE = dict(
     d_model=128, encoder_layers=2, decoder_layers=3, encoder_ffn_dim=512, decoder_ffn_dim=512, num_queries=30
 )
@@ -66,6 +84,11 @@ def build(variant: str, id2label: dict[int, str]) -> tuple[torch.nn.Module, bool
 
     labels = dict(id2label=id2label, label2id={v: k for k, v in id2label.items()})
     torch.manual_seed(0)
+    if variant in FAMILY_VARIANTS:
+        from detr_hf.training import TrainingConfig, build_detector
+
+        config = TrainingConfig(model_preset=FAMILY_VARIANTS[variant], model_overrides=FAMILY_SIZE)
+        return build_detector(config, [id2label[i] for i in sorted(id2label)])[0], True
     if variant == "detr_hf-detr":
         backbone = {"model_type": "resnet", **RESNET, "out_features": ["stage4"]}
         config = DetrConfig(backbone_config=backbone, **FROM_SCRATCH, **DETR_SIZE, **labels)

@@ -31,8 +31,13 @@ def checkpoint_config(source: str) -> dict[str, Any]:
 
 def load_detector(source: str) -> tuple[Any, Any]:
     """Any detector folder or Hub id detr_hf can load, in eval mode, with its image processor."""
+    from .families.registry import runs_natively
     from .image_processing_detr import DetrImageProcessor
 
+    if not runs_natively(source):  # a transformers DETR-family model: through its adapter
+        from .families.loading import load_family_detector
+
+        return load_family_detector(source)
     model = detector_class(checkpoint_config(source).get("model_type")).from_pretrained(source).eval()
     processor = DetrImageProcessor.from_pretrained(source)
     processor.use_focal_loss = model.config.use_focal_loss

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from detr_hf.data import class_names_of, load_detection_dataset, make_synthetic_dataset
 from detr_hf.evaluation import eval_dataloader, evaluate_detector, format_metrics_table
 from detr_hf.evaluation.report import report_after_training
+from detr_hf.families.loading import set_input_size
 from detr_hf.training import (
     LATEST_CHECKPOINT,
     ModelEma,
@@ -60,6 +61,7 @@ from detr_hf.training import (
     parse_recipe_arguments,
     plot_history,
     prepare_output_dir,
+    sanity_check_run,
     save_checkpoint,
     save_model_atomically,
     train_dataloader,
@@ -110,6 +112,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dataset = load_splits(config, accelerator)
     model, processor = build_model(config, class_names_of(dataset[config.train_split]))
     prepare_outputs(config, accelerator, dataset, model)
+    if config.sanity_check:  # overfit one batch first: fail fast when the loss can't go down
+        report = Path(config.output_dir) if accelerator.is_main_process else None
+        sanity_check_run(config, model, processor, dataset[config.train_split], report)
     run = prepare_training(config, accelerator, dataset, model, processor)
     while run.state.epoch < config.num_epochs and not run.stop:
         train_epoch(run)
@@ -159,7 +164,7 @@ def load_splits(config: TrainingConfig, accelerator: Accelerator) -> DatasetDict
 def build_model(config: TrainingConfig, class_names: list[str]) -> tuple[Any, Any]:
     """The model and image processor; the processor resizes at inference as the evaluation does."""
     model, processor = build_detector(config, class_names)
-    processor.size = {"shortest_edge": max(config.scales), "longest_edge": config.max_size}
+    set_input_size(processor, config.scales, config.max_size)  # fixed-size processors (RT-DETR's) get a square
     return model, processor
 
 
@@ -195,7 +200,7 @@ def prepare_training(
     total_steps = config.max_steps or config.num_epochs * steps_per_epoch
     # Counted in optimizer steps and stepped by the loop once per optimizer step. Not prepared: Accelerate steps a
     # prepared scheduler once per process at every optimizer step, which would squeeze the schedule N-fold.
-    scheduler = build_scheduler(optimizer, config, total_steps)
+    scheduler = build_scheduler(optimizer, config, total_steps, steps_per_epoch)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     state = TrainState()
     accelerator.register_for_checkpointing(state)
@@ -367,7 +372,9 @@ def write_outputs(run: Run, model: Any, metrics: dict[str, Any], train_results: 
     (output_dir / "train_results.json").write_text(json.dumps(train_results, indent=2), encoding="utf-8")
     plot_history(run.state, output_dir / "loss_curve.png")
     command = "accelerate launch recipes/finetune.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    write_model_card(output_dir, config, metrics, command, model.config.id2label, train_results)
+    write_model_card(
+        output_dir, config, metrics, command, model.config.id2label, train_results, model.config.model_type
+    )
     if config.push_to_hub:
         push_to_hub(config, output_dir)
 

@@ -347,7 +347,10 @@ class DetectionCollator:
 
                     orig_size = torch.from_numpy(orig_size)
                 label["orig_size"] = orig_size
-        return {"pixel_values": encoded["pixel_values"], "pixel_mask": encoded["pixel_mask"], "labels": labels}
+        batch = {"pixel_values": encoded["pixel_values"], "labels": labels}
+        if "pixel_mask" in encoded:  # processors that resize to one fixed size (RT-DETR's) return none
+            batch["pixel_mask"] = encoded["pixel_mask"]
+        return batch
 
 
 def make_collate_fn(image_processor: Any, *, return_tensors: str = "pt") -> DetectionCollator:

@@ -70,7 +70,7 @@ def evaluate_detector(
     device = next(unwrapped.parameters()).device
     is_main = accelerator is None or accelerator.is_main_process
     for batch in tqdm(dataloader, desc="evaluating", disable=not (show_progress and is_main), leave=False):
-        outputs = model(pixel_values=batch["pixel_values"].to(device), pixel_mask=batch["pixel_mask"].to(device))
+        outputs = model(**{key: batch[key].to(device) for key in ("pixel_values", "pixel_mask") if key in batch})
         sizes = [label["orig_size"].tolist() for label in batch["labels"]]
         results = image_processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=sizes)
         evaluator.update(results, image_ids=[label["image_id"] for label in batch["labels"]])

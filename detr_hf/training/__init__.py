@@ -27,6 +27,7 @@ from .model_card import write_model_card
 from .models import build_detector, match_class_names, preset_config
 from .optim import build_optimizer, build_scheduler, parameter_groups
 from .output_dir import check_output_dir, prepare_output_dir
+from .sanity import overfit_one_batch, sanity_check, sanity_check_run
 from .step import StepResult, skip_step, train_step
 from .train_log import TrainLog, log_step, plot_history
 
@@ -49,6 +50,7 @@ __all__ = [
     "log_step",
     "match_class_names",
     "on_all_processes",
+    "overfit_one_batch",
     "parameter_groups",
     "parse_overrides",
     "parse_recipe_arguments",
@@ -56,6 +58,8 @@ __all__ = [
     "prepare_output_dir",
     "preset_config",
     "replace_folder",
+    "sanity_check",
+    "sanity_check_run",
     "save_checkpoint",
     "save_model_atomically",
     "skip_step",

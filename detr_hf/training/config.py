@@ -17,7 +17,8 @@ class TrainingConfig:
 
     # model: a checkpoint (Hub id or folder, detr_hf or transformers DETR), or a preset trained from scratch
     model: str | None = None
-    model_preset: str = "detr"  # "detr" | "dino_like" (when `model` is not given)
+    # "detr" | "dino_like" | a transformers model type ("rt_detr_v2", "d_fine"...: docs/families.md), random init
+    model_preset: str = "detr"
     model_overrides: dict[str, Any] = field(default_factory=dict)  # config fields, e.g. {num_queries: 300}
     class_head: str = (
         "auto"  # "auto": keep the checkpoint's rows for classes it knows by name, else new; "reuse"; "new"
@@ -51,6 +52,9 @@ class TrainingConfig:
     lr_scheduler: str = "step"  # "step" | "cosine" | "constant"
     lr_drop_fraction: float = 0.67  # step: when to divide the learning rate by 10, as a fraction of training
     warmup_steps: int = 0
+    warmup_epochs: float = 0.0  # warm-up in epochs of the dataset (used when warmup_steps is 0)
+    # overfit one training batch for this many steps (true: 50) before the run; stop if the loss can't go down
+    sanity_check: int | bool = False
     max_grad_norm: float = 0.1  # 0 or null: no clipping (the norm is still checked: a non-finite one skips the step)
     # a step whose loss or gradient norm is not finite (on any process) is skipped; this many in a row abort the run
     # with an error instead of saving a broken model (null: never abort)

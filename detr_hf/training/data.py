@@ -10,6 +10,7 @@ from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from ..data.transforms import DetectionTransform, build_transforms, make_collate_fn, make_transform_fn
+from ..families.loading import fit_pipeline_to_processor
 from .config import TrainingConfig
 
 
@@ -32,6 +33,7 @@ def train_dataloader(dataset: Dataset, processor: Any, config: TrainingConfig) -
     transform, whose ``epoch`` the loop sets at the start of every epoch."""
     preset = "eval" if config.augmentation == "none" else config.augmentation
     pipeline = build_transforms(preset, config.scales, config.max_size, seed=config.seed)
+    pipeline = fit_pipeline_to_processor(pipeline, processor)  # a fixed-size processor's models train at its size
     transform = SeededTransform(make_transform_fn(pipeline), config.seed)
     loader = DataLoader(
         dataset.with_transform(transform),

@@ -18,6 +18,7 @@ def write_model_card(
     command: str,
     id2label: dict[int, str],
     train_results: dict[str, Any],
+    model_type: str | None = None,
 ) -> Path:
     """A README.md for the Hub: data, metrics table, per-class AP, hyper-parameters and the command that made it."""
     lines = [
@@ -34,6 +35,7 @@ def write_model_card(
             f", starting from `{config.model}`." if config.model else f" from scratch (`{config.model_preset}` preset)."
         ),
         "",
+        *family_lines(model_type),
         "## Evaluation (COCO metrics, validation split)",
         "",
         "| metric | value |",
@@ -75,3 +77,19 @@ def write_model_card(
     path = Path(output_dir) / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def family_lines(model_type: str | None) -> list[str]:
+    """The card's line naming the architecture: detr_hf's own, or a transformers family run through its adapter."""
+    if model_type is None:
+        return []
+    from ..families.registry import family_for
+
+    family = family_for(model_type)
+    if family is None:
+        return [f"Architecture: detr_hf's own `{model_type}` model.", ""]
+    return [
+        f"Architecture: {family.name} (transformers `{model_type}`, fine-tuned through detr_hf's adapter for it; "
+        "loads with `AutoModelForObjectDetection`, no detr_hf needed).",
+        "",
+    ]

@@ -8,6 +8,8 @@ from typing import Any
 from torch import nn
 from transformers import PretrainedConfig
 
+from ..families.loading import build_family_model
+from ..families.registry import runs_natively
 from ..image_processing_detr import DetrImageProcessor
 from ..pretrained import checkpoint_config, detector_class
 from .config import TrainingConfig
@@ -40,6 +42,9 @@ def build_detector(config: TrainingConfig, class_names: list[str]) -> tuple[nn.M
     label2id = {name: i for i, name in id2label.items()}
     if config.class_head not in ("auto", "reuse", "new"):
         raise ValueError(f"class_head={config.class_head!r}: use 'auto', 'reuse' or 'new'")
+    if not runs_natively(config.model, config.model_preset):  # a transformers family, through its adapter
+        return build_family_model(config.model, config.model_preset, config.model_overrides, config.class_head,
+                                  class_names)  # fmt: skip
     if config.model is None:
         model_config = preset_config(config.model_preset, **config.model_overrides)
         model_config.id2label, model_config.label2id = id2label, label2id

@@ -39,22 +39,25 @@ def build_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Opt
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainingConfig, total_steps: int
+    optimizer: torch.optim.Optimizer, config: TrainingConfig, total_steps: int, steps_per_epoch: int | None = None
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then DETR's single step decay (x0.1), cosine decay, or constant; counted in optimizer steps.
+    """Linear warm-up (`warmup_steps`, else `warmup_epochs` x `steps_per_epoch`), then DETR's single step decay
+    (x0.1), cosine decay, or constant; counted in optimizer steps.
 
     Step it once per optimizer step yourself: `accelerator.prepare` would wrap it to step once per process at every
     optimizer step, which squeezes the schedule N-fold on N processes."""
     if config.lr_scheduler not in LR_SCHEDULERS:  # now, not when the warm-up ends
         raise ValueError(f"lr_scheduler={config.lr_scheduler!r}: use 'step', 'cosine' or 'constant'")
 
+    warmup = config.warmup_steps or round(config.warmup_epochs * (steps_per_epoch or 0))
+
     def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
+        if step < warmup:
+            return (step + 1) / warmup
         if config.lr_scheduler == "step":
             return 0.1 if step >= config.lr_drop_fraction * total_steps else 1.0
         if config.lr_scheduler == "cosine":
-            progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+            progress = (step - warmup) / max(1, total_steps - warmup)
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         return 1.0  # constant
 
