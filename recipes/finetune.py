@@ -140,7 +140,8 @@ def load_data(config: TrainingConfig) -> DatasetDict:
     if not os.path.exists(config.dataset) and "/" not in config.dataset:
         raise FileNotFoundError(f"dataset {config.dataset!r}: no such folder or file, and not a Hub dataset name.")
     return load_detection_dataset(
-        config.dataset, format=config.dataset_format, val_fraction=config.val_fraction, split_seed=config.split_seed
+        config.dataset, format=config.dataset_format, val_fraction=config.val_fraction, split_seed=config.split_seed,
+        group_by=config.group_by,
     )
 
 
