@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from detr_hf.data import class_names_of, load_detection_dataset, make_synthetic_dataset
 from detr_hf.evaluation import eval_dataloader, evaluate_detector, format_metrics_table
+from detr_hf.health import log_dataset_health
 from detr_hf.training import (
     LATEST_CHECKPOINT,
     ModelEma,
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     accelerator = setup(config)
     dataset = load_splits(config, accelerator)
     model, processor = build_model(config, class_names_of(dataset[config.train_split]))
+    log_dataset_health(config, accelerator, dataset, model)  # one paragraph: duplicates, leakage, broken labels
     prepare_outputs(config, accelerator, dataset, model)
     run = prepare_training(config, accelerator, dataset, model, processor)
     while run.state.epoch < config.num_epochs and not run.stop:
@@ -142,7 +144,7 @@ def load_data(config: TrainingConfig) -> DatasetDict:
     return load_detection_dataset(
         config.dataset, format=config.dataset_format, val_fraction=config.val_fraction, split_seed=config.split_seed,
         group_by=config.group_by,
-    )
+    )  # fmt: skip
 
 
 def load_splits(config: TrainingConfig, accelerator: Accelerator) -> DatasetDict:

@@ -108,7 +108,7 @@ def load_detection_dataset(
         dataset, report = load_existing(
             source, fmt, class_names, val_fraction, split_seed, strict, num_proc, image_roots, format_options,
             group_by=group_by,
-        )
+        )  # fmt: skip
     else:
         options = RowOptions(
             verify_images=verify_images, include_difficult=include_difficult, max_image_pixels=max_image_pixels

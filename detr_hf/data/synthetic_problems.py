@@ -65,8 +65,13 @@ def _near_copy(row: dict, rng: np.random.Generator, crop: float) -> dict:
     objects["bbox"] = [boxes[j] for j in keep]
     objects["area"] = [b[2] * b[3] for b in objects["bbox"]]
     quality = int(rng.integers(70, 91))
-    return {**row, "image": {"bytes": _encode(image, "JPEG", quality), "path": None}, "width": size[0],
-            "height": size[1], "objects": objects}  # fmt: skip
+    return {
+        **row,
+        "image": {"bytes": _encode(image, "JPEG", quality), "path": None},
+        "width": size[0],
+        "height": size[1],
+        "objects": objects,
+    }
 
 
 def inject_problems(
@@ -115,8 +120,13 @@ def inject_problems(
             truth.exact_copies.append((copy["file_name"], source["file_name"]))
         validation.append(copy)
     # labels: zero-area boxes and duplicates on distinct boxes of the clean rows (not the copies, not the joined)
-    candidates = [(s, r, b) for s in rows for r, row in enumerate(rows[s][: clean_val if s == "validation" else None])
-                  for b in range(len(row["objects"]["bbox"])) if not (s == "validation" and r < spanning_groups)]  # fmt: skip
+    candidates = [
+        (s, r, b)
+        for s in rows
+        for r, row in enumerate(rows[s][: clean_val if s == "validation" else None])
+        for b in range(len(row["objects"]["bbox"]))
+        if not (s == "validation" and r < spanning_groups)
+    ]
     picks = rng.choice(len(candidates), size=min(zero_area + duplicate_boxes, len(candidates)), replace=False)
     for k, p in enumerate(picks):
         split, r, b = candidates[int(p)]
@@ -139,7 +149,11 @@ def inject_problems(
     for split in swap_splits:
         for row in rows[split]:
             for b, category in enumerate(row["objects"]["category"]):
-                if category == source_class and (split, row["file_name"], b) not in protected and rng.random() < swap_fraction:
+                if (
+                    category == source_class
+                    and (split, row["file_name"], b) not in protected
+                    and rng.random() < swap_fraction
+                ):
                     row["objects"]["category"][b] = given_class
                     truth.swapped.append((split, row["file_name"], b, source_class, given_class))
     features = detection_features(names)

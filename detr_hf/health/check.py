@@ -35,6 +35,7 @@ def check_dataset(
     dataset: DatasetDict | Dataset,
     *,
     group_by: str | None = None,
+    exact_duplicates: bool = True,
     near_duplicates: bool = True,
     near_threshold: int = DEFAULT_NEAR_THRESHOLD,
     thumb_tolerance: float = DEFAULT_THUMB_TOLERANCE,
@@ -54,8 +55,8 @@ def check_dataset(
         dataset: the splits (a single ``Dataset`` is taken as ``train``).
         group_by: a regular expression whose first capture group in ``file_name`` names the group (patient,
             recording, scene), or a column: groups found in two or more splits are leakage.
-        near_duplicates: also search near duplicates (decodes every image, at a reduced scale for JPEGs); exact
-            duplicates (identical files) are always found.
+        exact_duplicates: search identical files (reads every image file, decodes none).
+        near_duplicates: also search near duplicates (decodes every image, at a reduced scale for JPEGs).
         near_threshold: bits (of phash + dhash, 128) two images may differ by to be compared further.
         thumb_tolerance: mean absolute difference (0-255) of 8x8 RGB thumbnails below which they are near duplicates.
         stride, shortest_edge, longest_edge: the model's stride and the training resize, for boxes too small to learn.
@@ -71,8 +72,20 @@ def check_dataset(
     if group_by is not None and not any(group_by in ds.column_names for ds in splits.values()):
         compile_group_by(group_by)  # a bad expression fails before any image is read
     total = sum(len(ds) for ds in splits.values())
-    bar = tqdm(total=total, desc="Reading images", unit=" images", disable=not progress or None, mininterval=1)
-    parts = [fingerprint_split(ds, perceptual_hashes=near_duplicates, progress=bar.update) for ds in splits.values()]
+    read_images = exact_duplicates or near_duplicates
+    bar = tqdm(
+        total=total,
+        desc="Reading images",
+        unit=" images",
+        disable=not (progress and read_images) or None,
+        mininterval=1,
+    )
+    parts = [
+        fingerprint_split(ds, perceptual_hashes=near_duplicates, progress=bar.update)
+        if read_images
+        else Fingerprints.empty(len(ds))
+        for ds in splits.values()
+    ]
     bar.close()
     fingerprints = Fingerprints.concatenate(parts) if parts else Fingerprints.empty(0)
     names = list(splits)
@@ -92,9 +105,13 @@ def check_dataset(
         source=source,
         class_names=class_names_of(next(iter(splits.values()))) if splits else [],
         splits={s: len(ds) for s, ds in splits.items()},
-        settings={"near_threshold": near_threshold, "thumb_tolerance": thumb_tolerance, "group_by": group_by,
-                  **vars(settings)},  # fmt: skip
-        duplicates=_duplicates_section(found, member, near_duplicates),
+        settings={
+            "near_threshold": near_threshold,
+            "thumb_tolerance": thumb_tolerance,
+            "group_by": group_by,
+            **vars(settings),
+        },
+        duplicates=_duplicates_section(found, member, read_images, near_duplicates),
         leakage=_leakage_section(found, names, split_of, member),
         groups=_spanning_groups(splits, group_by) if group_by is not None else None,
         labels=check_labels(splits, settings),
@@ -106,11 +123,14 @@ def check_dataset(
     return report
 
 
-def _duplicates_section(found, member, searched_near: bool) -> dict[str, Any]:
-    groups = [{"kind": kind, "members": [member(g) for g in group]}
-              for group, kind in zip(found.groups[:MAX_LISTED], found.group_kinds)]  # fmt: skip
+def _duplicates_section(found, member, searched: bool, searched_near: bool) -> dict[str, Any]:
+    groups = [
+        {"kind": kind, "members": [member(g) for g in group]}
+        for group, kind in zip(found.groups[:MAX_LISTED], found.group_kinds)
+    ]
     across = sum(len({member(g)["split"] for g in group}) > 1 for group in found.groups)
     return {
+        "searched": searched,
         "searched_near": searched_near,
         "exact_groups": found.exact_groups,
         "exact_images": found.exact_images,
@@ -119,8 +139,10 @@ def _duplicates_section(found, member, searched_near: bool) -> dict[str, Any]:
         "groups_total": len(found.groups),
         "groups_across_splits": int(across),
         "groups": groups,
-        "pairs": [{"a": member(i), "b": member(j), "bits": d, "thumb_mad": t} for i, j, d, t in found.near_pairs[:MAX_LISTED]],
-    }  # fmt: skip
+        "pairs": [
+            {"a": member(i), "b": member(j), "bits": d, "thumb_mad": t} for i, j, d, t in found.near_pairs[:MAX_LISTED]
+        ],
+    }
 
 
 def _leakage_section(found, names, split_of, member) -> dict[str, dict[str, Any]]:
@@ -133,10 +155,21 @@ def _leakage_section(found, names, split_of, member) -> dict[str, dict[str, Any]
         examples = []
         for g in leaked[:MAX_LISTED]:
             twin = member(int(found.twin[g]))
-            examples.append({**member(int(g)), "twin_file_name": twin["file_name"], "twin_row": twin["row"],
-                             "kind": str(found.twin_kind[g])})  # fmt: skip
-        out[split] = {"images": int((split_of == code).sum()), "with_twin_in_train": len(leaked),
-                      "exact": kinds.get("exact", 0), "near": kinds.get("near", 0), "examples": examples}  # fmt: skip
+            examples.append(
+                {
+                    **member(int(g)),
+                    "twin_file_name": twin["file_name"],
+                    "twin_row": twin["row"],
+                    "kind": str(found.twin_kind[g]),
+                }
+            )
+        out[split] = {
+            "images": int((split_of == code).sum()),
+            "with_twin_in_train": len(leaked),
+            "exact": kinds.get("exact", 0),
+            "near": kinds.get("near", 0),
+            "examples": examples,
+        }
     return out
 
 
@@ -166,11 +199,22 @@ def _problems(report: HealthReport, unreadable: int) -> list[Problem]:
     out: list[Problem] = []
     for split, leak in report.leakage.items():
         if leak["with_twin_in_train"]:
-            out.append(Problem("error", "leakage", f"{leak['with_twin_in_train']} of {leak['images']} {split} images "
-                               f"have a twin in train ({leak['exact']} exact, {leak['near']} near)"))  # fmt: skip
+            out.append(
+                Problem(
+                    "error",
+                    "leakage",
+                    f"{leak['with_twin_in_train']} of {leak['images']} {split} images "
+                    f"have a twin in train ({leak['exact']} exact, {leak['near']} near)",
+                )
+            )
     if report.groups is not None and report.groups["spanning"]:
-        out.append(Problem("error", "group_spans_splits", f"{len(report.groups['spanning'])} groups "
-                           f"({report.groups['group_by']}) span two or more splits"))  # fmt: skip
+        out.append(
+            Problem(
+                "error",
+                "group_spans_splits",
+                f"{len(report.groups['spanning'])} groups ({report.groups['group_by']}) span two or more splits",
+            )
+        )
     labels = report.labels
     for kind in BROKEN:
         if labels.counts[kind]:
@@ -183,8 +227,13 @@ def _problems(report: HealthReport, unreadable: int) -> list[Problem]:
     d = report.duplicates
     within = d["groups_total"] - d["groups_across_splits"]
     if within:
-        out.append(Problem("warning", "duplicates", f"{within} groups of duplicate images within a split "
-                           f"({d['exact_groups']} exact groups in all)"))  # fmt: skip
+        out.append(
+            Problem(
+                "warning",
+                "duplicates",
+                f"{within} groups of duplicate images within a split ({d['exact_groups']} exact groups in all)",
+            )
+        )
     for kind in WARNINGS:
         if labels.counts[kind]:
             message = f"{labels.counts[kind]} {'images' if kind == 'over_query_budget' else 'boxes'}: "
@@ -199,14 +248,13 @@ def _problems(report: HealthReport, unreadable: int) -> list[Problem]:
             out.append(Problem("warning", "class_absent", f"classes without a box in train: {', '.join(absent)}"))
     ratio = labels.imbalance()
     if ratio is not None and ratio > IMBALANCE_WARNING:
-        out.append(Problem("warning", "class_imbalance", f"the most common class has {ratio:.0f}x the boxes of the "
-                           "rarest"))  # fmt: skip
+        out.append(
+            Problem("warning", "class_imbalance", f"the most common class has {ratio:.0f}x the boxes of the rarest")
+        )
     return out
 
 
-def check_source(
-    source: str | os.PathLike, format: str = "auto", **kwargs: Any
-) -> tuple[HealthReport, DatasetDict]:
+def check_source(source: str | os.PathLike, format: str = "auto", **kwargs: Any) -> tuple[HealthReport, DatasetDict]:
     """Load ``source`` (anything ``load_detection_dataset`` reads) with its splits as they are, and check it.
 
     The conversion's fixes come from the conversion itself, or from the ``conversion_report.json`` saved beside a

@@ -110,17 +110,25 @@ def find_duplicates(
     )
     if near:
         representatives = np.sort(readable[first])
-        _near_search(fingerprints, representatives, near_threshold, thumb_tolerance, result, union, members,
-                     is_train, twin, twin_kind)  # fmt: skip
+        _near_search(
+            fingerprints,
+            representatives,
+            near_threshold,
+            thumb_tolerance,
+            result,
+            union,
+            members,
+            is_train,
+            twin,
+            twin_kind,
+        )
     roots = union.roots()
     by_root: dict[int, list[int]] = {}
     for k in readable:
         by_root.setdefault(int(roots[k]), []).append(int(k))
     groups = sorted((g for g in by_root.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
     result.groups = groups
-    result.group_kinds = [
-        "exact" if len({tuple(fingerprints.digest[k]) for k in g}) == 1 else "near" for g in groups
-    ]
+    result.group_kinds = ["exact" if len({tuple(fingerprints.digest[k]) for k in g}) == 1 else "near" for g in groups]
     result.twin, result.twin_kind = twin, twin_kind
     return result
 

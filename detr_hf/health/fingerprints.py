@@ -135,4 +135,3 @@ def decode_for_display(value: dict | None, side: int = 160) -> PIL.Image.Image:
         return image
     except Exception:
         return PIL.Image.new("RGB", (side, side), (200, 200, 200))
-

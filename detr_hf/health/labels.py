@@ -149,9 +149,15 @@ def _check_batch(batch, start, split, names, settings, health, histogram, needed
 
     def where(k: int, **extra) -> dict:
         r = int(row[k])
-        return {"split": split, "row": start + r, "file_name": file_names[r], "box": int(k - first_box[r]),
-                "category": names[labels[k]] if 0 <= labels[k] < len(names) else int(labels[k]),
-                "bbox": [round(float(v), 2) for v in bbox[k]], **extra}  # fmt: skip
+        return {
+            "split": split,
+            "row": start + r,
+            "file_name": file_names[r],
+            "box": int(k - first_box[r]),
+            "category": names[labels[k]] if 0 <= labels[k] < len(names) else int(labels[k]),
+            "bbox": [round(float(v), 2) for v in bbox[k]],
+            **extra,
+        }
 
     x, y, w, h = bbox.T
     finite = np.isfinite(bbox).all(axis=1)
@@ -179,8 +185,10 @@ def _check_batch(batch, start, split, names, settings, health, histogram, needed
     _duplicates(bbox, labels, row, valid, settings.duplicate_iou, health, where)
     per_image = np.bincount(row[~crowd], minlength=len(lengths))
     for r in np.flatnonzero(per_image > settings.num_queries):
-        health.add("over_query_budget", {"split": split, "row": start + int(r), "file_name": file_names[r],
-                                         "objects": int(per_image[r])})  # fmt: skip
+        health.add(
+            "over_query_budget",
+            {"split": split, "row": start + int(r), "file_name": file_names[r], "objects": int(per_image[r])},
+        )
     known = (labels >= 0) & (labels < len(names))
     boxes = np.bincount(labels[known], minlength=len(names))
     pairs = np.unique(np.stack([row[known], labels[known]], axis=1), axis=0) if known.any() else np.zeros((0, 2), int)
@@ -219,5 +227,7 @@ def _duplicates(bbox, labels, row, valid, threshold, health, where) -> None:
         if later in reported:
             continue
         reported.add(later)
-        health.add("duplicate_label", where(later, duplicate_of=int(earlier - (later - where(later)["box"])),
-                                            iou=round(float(iou[p]), 3)))  # fmt: skip
+        health.add(
+            "duplicate_label",
+            where(later, duplicate_of=int(earlier - (later - where(later)["box"])), iou=round(float(iou[p]), 3)),
+        )

@@ -82,8 +82,9 @@ def to_html(title: str, sections: list[dict]) -> str:
             parts += ["<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows]
             parts.append("</table>")
         for file, caption in section["images"]:
-            parts.append(f"<figure><img src='{esc(file)}' alt='{esc(caption)}'><figcaption>{esc(caption)}"
-                         "</figcaption></figure>")  # fmt: skip
+            parts.append(
+                f"<figure><img src='{esc(file)}' alt='{esc(caption)}'><figcaption>{esc(caption)}</figcaption></figure>"
+            )
     parts.append("</body></html>")
     return "\n".join(parts)
 

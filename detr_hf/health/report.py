@@ -76,7 +76,10 @@ class HealthReport:
             lines.append(f"  {split:<12}{n:>8}{shown:>16}")
         d = self.duplicates
         near = f", {d['near_groups']} near-duplicate groups" if d.get("searched_near") else " (near: not searched)"
-        lines.append(f"  duplicates: {d['exact_groups']} exact groups ({d['exact_images']} extra copies){near}")
+        if d["searched"]:
+            lines.append(f"  duplicates: {d['exact_groups']} exact groups ({d['exact_images']} extra copies){near}")
+        else:
+            lines.append("  duplicates: not searched")
         if self.groups is not None:
             lines.append(
                 f"  groups ({self.groups['group_by']}): {self.groups['groups']}, "
@@ -101,16 +104,25 @@ class HealthReport:
         verdict = "passes" if self.ok else "fails"
         summary = {
             "title": "Summary",
-            "text": [f"The dataset {verdict} the check ({len(self.errors)} errors, "
-                     f"{len(self.problems) - len(self.errors)} warnings)."],  # fmt: skip
+            "text": [
+                f"The dataset {verdict} the check ({len(self.errors)} errors, "
+                f"{len(self.problems) - len(self.errors)} warnings)."
+            ],
             "tables": [(["severity", "problem"], [[p.severity, p.message] for p in self.problems])],
             "images": [],
         }
         splits_rows = []
         for split, n in self.splits.items():
             leak = self.leakage.get(split)
-            splits_rows.append([split, n, "-" if leak is None else leak["with_twin_in_train"],
-                                "-" if leak is None else leak["exact"], "-" if leak is None else leak["near"]])  # fmt: skip
+            splits_rows.append(
+                [
+                    split,
+                    n,
+                    "-" if leak is None else leak["with_twin_in_train"],
+                    "-" if leak is None else leak["exact"],
+                    "-" if leak is None else leak["near"],
+                ]
+            )
         leakage_rows = [
             [split, e["file_name"], e["twin_file_name"], e["kind"]]
             for split, leak in self.leakage.items()
@@ -118,18 +130,28 @@ class HealthReport:
         ]
         d = self.duplicates
         group_rows = [
-            [k + 1, g["kind"], ", ".join(sorted({m["split"] for m in g["members"]})), len(g["members"]),
-             "; ".join(m["file_name"] for m in g["members"][:6]) + (" ..." if len(g["members"]) > 6 else "")]
+            [
+                k + 1,
+                g["kind"],
+                ", ".join(sorted({m["split"] for m in g["members"]})),
+                len(g["members"]),
+                "; ".join(m["file_name"] for m in g["members"][:6]) + (" ..." if len(g["members"]) > 6 else ""),
+            ]
             for k, g in enumerate(d["groups"])
-        ]  # fmt: skip
+        ]
         duplicates = {
             "title": "Duplicates and leakage",
             "text": [
-                f"{d['exact_groups']} groups of byte-identical files ({d['exact_images']} extra copies); "
-                + (f"{d['near_groups']} groups joined by near duplicates ({d['near_pairs']} pairs: perceptual hashes "
-                   f"within {self.settings['near_threshold']} of 128 bits and thumbnails within "
-                   f"{self.settings['thumb_tolerance']} of 255)." if d.get("searched_near")
-                   else "near duplicates not searched.")  # fmt: skip
+                "Images not read: duplicates not searched."
+                if not d["searched"]
+                else f"{d['exact_groups']} groups of byte-identical files ({d['exact_images']} extra copies); "
+                + (
+                    f"{d['near_groups']} groups joined by near duplicates ({d['near_pairs']} pairs: perceptual hashes "
+                    f"within {self.settings['near_threshold']} of 128 bits and thumbnails within "
+                    f"{self.settings['thumb_tolerance']} of 255)."
+                    if d.get("searched_near")
+                    else "near duplicates not searched."
+                )
             ],
             "tables": [
                 (["split", "images", "twin in train", "exact", "near"], splits_rows),
@@ -140,41 +162,57 @@ class HealthReport:
         }
         out = [summary, duplicates]
         if self.groups is not None:
-            rows = [[g["group"], ", ".join(f"{s}: {n}" for s, n in g["splits"].items())] for g in self.groups["spanning"]]
-            out.append({
-                "title": f"Groups ({self.groups['group_by']})",
-                "text": [f"{self.groups['groups']} groups; {len(self.groups['spanning'])} span two or more splits; "
-                         f"{self.groups['unmatched']} file names match no group."],
-                "tables": [(["group", "images per split"], rows)],
-                "images": [],
-            })  # fmt: skip
+            rows = [
+                [g["group"], ", ".join(f"{s}: {n}" for s, n in g["splits"].items())] for g in self.groups["spanning"]
+            ]
+            out.append(
+                {
+                    "title": f"Groups ({self.groups['group_by']})",
+                    "text": [
+                        f"{self.groups['groups']} groups; {len(self.groups['spanning'])} span two or more splits; "
+                        f"{self.groups['unmatched']} file names match no group."
+                    ],
+                    "tables": [(["group", "images per split"], rows)],
+                    "images": [],
+                }
+            )
         out.append(self._label_section())
         return out
 
     def _label_section(self) -> dict[str, Any]:
         labels, s = self.labels, self.settings
-        problem_rows = [[k, "error" if k in BROKEN else "warning", labels.counts[k], self.describe(k)]
-                        for k in (*BROKEN, *WARNINGS)]  # fmt: skip
-        problem_rows += [[k, "error (fixed at conversion)", n, "see conversion_report.json"]
-                         for k, n in self.conversion.items()]  # fmt: skip
+        problem_rows = [
+            [k, "error" if k in BROKEN else "warning", labels.counts[k], self.describe(k)] for k in (*BROKEN, *WARNINGS)
+        ]
+        problem_rows += [
+            [k, "error (fixed at conversion)", n, "see conversion_report.json"] for k, n in self.conversion.items()
+        ]
         example_rows = [
             [k, e["split"], e["file_name"], e.get("box", ""), e.get("category", ""), e.get("bbox", "")]
-            for k in (*BROKEN, *WARNINGS) for e in labels.examples[k][:10]
-        ]  # fmt: skip
+            for k in (*BROKEN, *WARNINGS)
+            for e in labels.examples[k][:10]
+        ]
         splits = list(labels.boxes_per_class)
         class_rows = [
             [name] + [f"{labels.images_per_class[sp][name]} / {labels.boxes_per_class[sp][name]}" for sp in splits]
             for name in self.class_names
         ]
-        per_image = [[sp, v["max"], f"{v['p99']:.0f}", f"{v['mean']:.2f}"] for sp, v in labels.objects_per_image.items()]
-        text = [f"{labels.boxes} boxes ({labels.crowd} crowd regions). Training resize: shortest edge "
-                f"{s['shortest_edge']}, longest edge {s['longest_edge']}; stride {s['stride']}; {s['num_queries']} "
-                "queries."]  # fmt: skip
+        per_image = [
+            [sp, v["max"], f"{v['p99']:.0f}", f"{v['mean']:.2f}"] for sp, v in labels.objects_per_image.items()
+        ]
+        text = [
+            f"{labels.boxes} boxes ({labels.crowd} crowd regions). Training resize: shortest edge "
+            f"{s['shortest_edge']}, longest edge {s['longest_edge']}; stride {s['stride']}; {s['num_queries']} "
+            "queries."
+        ]
         if labels.learnable_at:
             at = labels.learnable_at
-            text.append(f"{labels.counts['below_stride']} boxes are smaller than the stride at the training scale: "
-                        f"90% of them reach it at shortest_edge {at['shortest_edge']}"
-                        + (f", longest_edge {at['longest_edge']}" if at["longest_edge"] else "") + ".")  # fmt: skip
+            text.append(
+                f"{labels.counts['below_stride']} boxes are smaller than the stride at the training scale: "
+                f"90% of them reach it at shortest_edge {at['shortest_edge']}"
+                + (f", longest_edge {at['longest_edge']}" if at["longest_edge"] else "")
+                + "."
+            )
         ratio = labels.imbalance()
         if ratio is not None:
             text.append(f"Class imbalance (boxes of the most common class over the rarest present): {ratio:.1f}.")

@@ -12,7 +12,10 @@ from datasets import DatasetDict
 from .check import check_dataset
 
 logger = logging.getLogger("detr_hf.health")
-NEAR_DUPLICATES_UP_TO = 1000  # images: above this the summary skips near duplicates (detr-hf check searches them)
+# images: above these the summary skips near duplicates (decoding), then identical files (reading every file);
+# detr-hf check searches both at any size
+NEAR_DUPLICATES_UP_TO = 1000
+EXACT_DUPLICATES_UP_TO = 20_000
 
 
 def model_stride(config: Any) -> int:
@@ -33,25 +36,41 @@ def health_summary(
     num_queries: int = 100,
     group_by: str | None = None,
     near_duplicates_up_to: int = NEAR_DUPLICATES_UP_TO,
+    exact_duplicates_up_to: int = EXACT_DUPLICATES_UP_TO,
 ) -> str:
-    """One paragraph: images per split, duplicates and leakage, broken labels, small boxes, imbalance, queries."""
+    """One paragraph: images per split, duplicates and leakage, broken labels, small boxes, imbalance, queries.
+    Near duplicates are searched up to ``near_duplicates_up_to`` images, identical files up to
+    ``exact_duplicates_up_to``."""
     total = sum(len(ds) for ds in dataset.values())
-    near = total <= near_duplicates_up_to
-    report = check_dataset(dataset, group_by=group_by, near_duplicates=near, stride=stride,
-                           shortest_edge=shortest_edge, longest_edge=longest_edge, num_queries=num_queries)  # fmt: skip
+    near, exact = total <= near_duplicates_up_to, total <= exact_duplicates_up_to
+    report = check_dataset(
+        dataset,
+        group_by=group_by,
+        exact_duplicates=exact,
+        near_duplicates=near,
+        stride=stride,
+        shortest_edge=shortest_edge,
+        longest_edge=longest_edge,
+        num_queries=num_queries,
+    )
     d, labels = report.duplicates, report.labels
     parts = [", ".join(f"{n} {s}" for s, n in report.splits.items()) + " images"]
-    dup = f"{d['exact_groups']} groups of identical files"
-    dup += f", {d['near_groups']} of near duplicates" if near else " (near duplicates not searched: detr-hf check)"
+    if exact:
+        dup = f"{d['exact_groups']} groups of identical files"
+        dup += f", {d['near_groups']} of near duplicates" if near else " (near duplicates: run detr-hf check)"
+    else:
+        dup = f"duplicates not searched above {exact_duplicates_up_to} images (run detr-hf check)"
     parts.append(dup)
-    if report.leakage:
+    if report.leakage and exact:
         parts.append(f"{report.leaked_images} validation/test images with a twin in train")
     if report.groups is not None:
         parts.append(f"{len(report.groups['spanning'])} groups spanning splits")
     parts.append(f"{labels.broken} broken boxes of {labels.boxes}")
     below = labels.counts["below_stride"]
     if below:
-        learnable = f", 90% learnable at shortest_edge {labels.learnable_at['shortest_edge']}" if labels.learnable_at else ""
+        learnable = (
+            f", 90% learnable at shortest_edge {labels.learnable_at['shortest_edge']}" if labels.learnable_at else ""
+        )
         parts.append(f"{below} boxes below the stride ({stride} px) at shortest_edge {shortest_edge}{learnable}")
     most = max((v["max"] for v in labels.objects_per_image.values()), default=0)
     parts.append(f"up to {most} objects per image for {num_queries} queries")
