@@ -147,7 +147,8 @@ def test_chunked_near_search_equals_all_pairs(monkeypatch):
     fp.phash[:] = base[np.arange(n) % 40] ^ (np.uint64(1) << flips[:, 0].astype(np.uint64))
     fp.dhash[:] = base[np.arange(n) % 40] ^ (np.uint64(1) << flips[:, 1].astype(np.uint64))
     monkeypatch.setattr(duplicates_module, "_CHUNK_ELEMENTS", 997)  # a few rows a chunk, unaligned
-    found = duplicates_module.find_duplicates(fp, np.arange(n) < 150, near_threshold=4)  # members of a base differ by <= 4 bits
+    # members of one base differ by at most 4 bits: each base is one group
+    found = duplicates_module.find_duplicates(fp, np.arange(n) < 150, near_threshold=4)
     pairs = {(i, j) for i, j, *_ in found.near_pairs}
     bits = np.bitwise_count(fp.phash[:, None] ^ fp.phash[None]) + np.bitwise_count(fp.dhash[:, None] ^ fp.dhash[None])
     expected = {(i, j) for i, j in zip(*np.nonzero(bits <= 4)) if i < j}
