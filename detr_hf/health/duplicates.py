@@ -18,9 +18,9 @@ import numpy as np
 
 from .fingerprints import Fingerprints
 
-DEFAULT_NEAR_THRESHOLD = 28  # of 128 bits; resized, re-encoded and lightly cropped copies stay below (docs)
-DEFAULT_THUMB_TOLERANCE = 16.0  # mean absolute difference of 8x8 RGB thumbnails, 0-255
-_CHUNK_ELEMENTS = 1 << 22  # pairs compared at once: ~4M, ~40 MB of temporaries whatever the dataset size
+DEFAULT_NEAR_THRESHOLD = 24  # of 128 bits; resized, re-encoded copies cropped by up to 4% a side stay below (docs)
+DEFAULT_THUMB_TOLERANCE = 10.0  # mean absolute difference of 8x8 RGB thumbnails, 0-255
+_CHUNK_ELEMENTS = 1 << 20  # pairs compared at once: ~1M, ~12 MB of temporaries whatever the dataset size
 _MAX_STORED_PAIRS = 100_000  # near pairs kept for the report; groups and leakage use every pair
 
 if hasattr(np, "bitwise_count"):  # numpy >= 2.0
