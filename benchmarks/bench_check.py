@@ -2,6 +2,7 @@
 
     python benchmarks/bench_check.py              # 5,000, 10,000 and 20,000 images (a few minutes on a quiet CPU)
     python benchmarks/bench_check.py --quick      # 500, 1,000 and 2,000 images (under a minute)
+    python benchmarks/bench_check.py --num-proc 4 # images read by 4 worker processes
 
 The images are 64x64 PNGs (smooth colour gradients with 1-4 rectangles, labelled), 90% in train and 10% in
 validation, with 2% of the validation images replaced by resized and re-encoded copies of train images so the
@@ -106,7 +107,7 @@ def generate(folder: Path, n: int) -> None:
     DatasetDict(splits).save_to_disk(str(folder / "dataset"))
 
 
-def measure(folder: Path) -> dict:
+def measure(folder: Path, num_proc: int) -> dict:
     """In this (fresh) process: load the dataset, check it, and report time and memory."""
     from datasets import load_from_disk
 
@@ -119,7 +120,7 @@ def measure(folder: Path) -> dict:
     rss_before = _rss_now_mb()
     tracemalloc.start()
     started = time.perf_counter()
-    report = check_dataset(dataset)
+    report = check_dataset(dataset, num_proc=num_proc)
     seconds = time.perf_counter() - started
     heap_peak = tracemalloc.get_traced_memory()[1] / 2**20
     tracemalloc.stop()
@@ -156,14 +157,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[5000, 10000, 20000])
     parser.add_argument("--quick", action="store_true", help="500, 1,000 and 2,000 images")
+    parser.add_argument("--num-proc", type=int, default=1, help="worker processes reading the images (default 1)")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: the child process
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(Path(args.measure))))
+        print(json.dumps(measure(Path(args.measure), args.num_proc)))
         return
     sizes = [500, 1000, 2000] if args.quick else args.sizes
-    print(machine_line())
+    print(machine_line(), f"| num_proc {args.num_proc}")
     print(
         f"{'images':>8}{'s':>9}{'images/s':>10}{'search s':>10}{'heap peak MB':>14}{'RSS growth MB':>15}"
         f"{'leaked found/injected':>23}"
@@ -175,7 +177,7 @@ def main() -> None:
             generate(folder, n)
             env = {**os.environ, "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
             out = subprocess.run(
-                [sys.executable, __file__, "--measure", str(folder)],
+                [sys.executable, __file__, "--measure", str(folder), "--num-proc", str(args.num_proc)],
                 capture_output=True,
                 text=True,
                 env=env,

@@ -50,6 +50,7 @@ def add_check(subparsers: argparse._SubParsersAction) -> None:
         f"(0-255) of 8x8 colour thumbnails of near duplicates (default {DEFAULT_THUMB_TOLERANCE})",
     )
     p.add_argument("--no-near", action="store_true", help="exact duplicates only (no image is decoded)")
+    p.add_argument("--num-proc", type=int, default=None, help="worker processes reading the images")
     p.add_argument("--model", help="a trained model or checkpoint: its stride and number of queries")
     p.add_argument("--stride", type=int, help="the model's finest stride (default 32, or the --model's)")
     p.add_argument("--num-queries", type=int, help="the model's queries (default 100, or the --model's)")
@@ -95,6 +96,7 @@ def run_check(args: argparse.Namespace) -> int:
         near_threshold=args.near_threshold,
         thumb_tolerance=args.thumb_tolerance,
         progress=True,
+        num_proc=args.num_proc,
         **settings,
     )
     print(report)

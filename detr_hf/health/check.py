@@ -21,7 +21,7 @@ from ..data.report import REPORT_FILE_NAME, ConversionReport
 from ..data.schema import class_names_of
 from ..data.splits import compile_group_by, group_keys, ordered_splits, split_keys
 from .duplicates import DEFAULT_NEAR_THRESHOLD, DEFAULT_THUMB_TOLERANCE, find_duplicates
-from .fingerprints import Fingerprints, fingerprint_split
+from .fingerprints import Fingerprints, fingerprint_parallel
 from .labels import BROKEN, WARNINGS, LabelSettings, check_labels
 from .report import IMBALANCE_WARNING, HealthReport, Problem
 
@@ -48,6 +48,7 @@ def check_dataset(
     conversion_report: ConversionReport | None = None,
     source: str = "",
     progress: bool = False,
+    num_proc: int | None = None,
 ) -> HealthReport:
     """Check a dataset in the detection schema before training.
 
@@ -66,6 +67,7 @@ def check_dataset(
             duplicate records) are no longer visible in the rows, so they are counted from it.
         source: how the report names the dataset.
         progress: show a progress bar while images are read.
+        num_proc: worker processes reading the images.
     """
     started = time.perf_counter()
     splits = {"train": dataset} if isinstance(dataset, Dataset) else {k: dataset[k] for k in ordered_splits(dataset)}
@@ -81,7 +83,7 @@ def check_dataset(
         mininterval=1,
     )
     parts = [
-        fingerprint_split(ds, perceptual_hashes=near_duplicates, progress=bar.update)
+        fingerprint_parallel(ds, near_duplicates, num_proc or 1, bar.update)
         if read_images
         else Fingerprints.empty(len(ds))
         for ds in splits.values()

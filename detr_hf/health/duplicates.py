@@ -6,7 +6,7 @@ group: a pair is a candidate when its two perceptual hashes differ in at most ``
 ``thumb_tolerance`` (of 255): gray structure alone confuses images that share a smooth background, colour does not.
 
 The search compares every pair, in chunks of a few million pairs with numpy bit operations on the packed 64-bit
-hashes (20,000 images: 2e8 pairs, a couple of seconds), so memory stays flat and no near pair is missed; links are
+hashes (20,000 images: 2e8 pairs; see benchmarks/bench_check.py), so memory stays flat and no near pair is missed; links are
 merged with a union-find into groups, and a validation or test image with an exact or near twin in train is leaked.
 """
 

@@ -135,3 +135,28 @@ def decode_for_display(value: dict | None, side: int = 160) -> PIL.Image.Image:
         return image
     except Exception:
         return PIL.Image.new("RGB", (side, side), (200, 200, 200))
+
+
+def _fingerprint_shard(dataset: Dataset, num_shards: int, index: int, perceptual_hashes: bool) -> Fingerprints:
+    return fingerprint_split(dataset.shard(num_shards, index, contiguous=True), perceptual_hashes)
+
+
+def fingerprint_parallel(dataset: Dataset, perceptual_hashes: bool, num_proc: int, progress=None) -> Fingerprints:
+    """:func:`fingerprint_split` in ``num_proc`` worker processes, each on a contiguous shard (forked on Linux: the
+    dataset, memory-mapped, is not copied); shards come back in order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    shards = min(num_proc * 4, max(len(dataset) // 256, 1))  # a few shards a worker, so the progress moves
+    if num_proc <= 1 or shards <= 1:
+        return fingerprint_split(dataset, perceptual_hashes, progress)
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
+    with ProcessPoolExecutor(num_proc, mp_context=context) as pool:
+        futures = [pool.submit(_fingerprint_shard, dataset, shards, k, perceptual_hashes) for k in range(shards)]
+        parts = []
+        for future in futures:
+            parts.append(future.result())
+            if progress is not None:
+                progress(len(parts[-1].readable))
+    return Fingerprints.concatenate(parts)

@@ -74,7 +74,7 @@ def test_the_clean_dataset_passes(clean):
 
 def test_near_copies_are_missed_by_a_zero_threshold_and_found_by_the_default(injected):
     dataset, truth = injected
-    strict = check_dataset(dataset, near_threshold=0)
+    strict = check_dataset(dataset, near_threshold=0, num_proc=2)  # two worker processes read the images
     found = {e["file_name"] for e in strict.leakage["validation"]["examples"]}
     assert found >= {f for f, _ in truth.exact_copies}
     assert len(found & {f for f, _ in truth.near_copies}) < len(truth.near_copies) // 2
