@@ -95,12 +95,13 @@ def check_dataset(
     offsets = np.concatenate([[0], np.cumsum([len(ds) for ds in splits.values()])]).astype(np.int64)
     is_train = split_of == names.index("train") if "train" in names else np.zeros(total, bool)
     found = find_duplicates(fingerprints, is_train, near_duplicates, near_threshold, thumb_tolerance)
-    file_names = {s: split_keys(ds) for s, ds in splits.items()}
+    file_names = {s: _file_names(ds) for s, ds in splits.items()}
 
     def member(g: int) -> dict[str, Any]:
         split = names[split_of[g]]
         row = int(g - offsets[split_of[g]])
-        return {"split": split, "row": row, "file_name": file_names[split][row]}
+        name = file_names[split][row]
+        return {"split": split, "row": row, "file_name": name.as_py() if hasattr(name, "as_py") else name}
 
     settings = LabelSettings(stride, shortest_edge, longest_edge, num_queries, duplicate_iou, max_aspect)
     report = HealthReport(
@@ -123,6 +124,13 @@ def check_dataset(
     report.problems = _problems(report, len(fingerprints.errors))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _file_names(dataset: Dataset):
+    """The ``file_name`` column as Arrow (indexed lazily: no Python string per image), else :func:`split_keys`."""
+    if "file_name" in dataset.column_names:
+        return dataset.select_columns(["file_name"]).with_format("arrow")[:].column("file_name")
+    return split_keys(dataset)
 
 
 def _duplicates_section(found, member, searched: bool, searched_near: bool) -> dict[str, Any]:

@@ -56,7 +56,13 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
     def roots(self) -> np.ndarray:
-        return np.array([self.find(k) for k in range(len(self.parent))], dtype=np.int64)
+        """The root of every element (pointer jumping in numpy: no Python object per element)."""
+        roots = self.parent.copy()
+        while True:
+            jumped = roots[roots]
+            if np.array_equal(jumped, roots):
+                return roots
+            roots = jumped
 
 
 @dataclass
@@ -122,11 +128,13 @@ def find_duplicates(
             twin,
             twin_kind,
         )
-    roots = union.roots()
+    roots = union.roots()[readable]
+    _, inverse, counts = np.unique(roots, return_inverse=True, return_counts=True)
+    in_group = counts[inverse] > 1  # only images with a duplicate become Python lists
     by_root: dict[int, list[int]] = {}
-    for k in readable:
-        by_root.setdefault(int(roots[k]), []).append(int(k))
-    groups = sorted((g for g in by_root.values() if len(g) > 1), key=lambda g: (-len(g), g[0]))
+    for k, root in zip(readable[in_group].tolist(), roots[in_group].tolist()):
+        by_root.setdefault(root, []).append(k)
+    groups = sorted(by_root.values(), key=lambda g: (-len(g), g[0]))
     result.groups = groups
     result.group_kinds = ["exact" if len({tuple(fingerprints.digest[k]) for k in g}) == 1 else "near" for g in groups]
     result.twin, result.twin_kind = twin, twin_kind
