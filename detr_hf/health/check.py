@@ -90,6 +90,7 @@ def check_dataset(
     ]
     bar.close()
     fingerprints = Fingerprints.concatenate(parts) if parts else Fingerprints.empty(0)
+    del parts  # the joined copy is all that is needed
     names = list(splits)
     split_of = np.repeat(np.arange(len(names)), [len(ds) for ds in splits.values()])
     offsets = np.concatenate([[0], np.cumsum([len(ds) for ds in splits.values()])]).astype(np.int64)
