@@ -41,6 +41,7 @@ from detr_hf.data import class_names_of, load_detection_dataset, make_synthetic_
 from detr_hf.evaluation import eval_dataloader, evaluate_detector, format_metrics_table
 from detr_hf.evaluation.report import report_after_training
 from detr_hf.families.loading import set_input_size
+from detr_hf.health import log_dataset_health
 from detr_hf.training import (
     LATEST_CHECKPOINT,
     ModelEma,
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     accelerator = setup(config)
     dataset = load_splits(config, accelerator)
     model, processor = build_model(config, class_names_of(dataset[config.train_split]))
+    log_dataset_health(config, accelerator, dataset, model)  # one paragraph: duplicates, leakage, broken labels
     prepare_outputs(config, accelerator, dataset, model)
     if config.sanity_check:  # overfit one batch first: fail fast when the loss can't go down
         report = Path(config.output_dir) if accelerator.is_main_process else None
@@ -147,8 +149,9 @@ def load_data(config: TrainingConfig) -> DatasetDict:
     if not os.path.exists(config.dataset) and "/" not in config.dataset:
         raise FileNotFoundError(f"dataset {config.dataset!r}: no such folder or file, and not a Hub dataset name.")
     return load_detection_dataset(
-        config.dataset, format=config.dataset_format, val_fraction=config.val_fraction, split_seed=config.split_seed
-    )
+        config.dataset, format=config.dataset_format, val_fraction=config.val_fraction, split_seed=config.split_seed,
+        group_by=config.group_by,
+    )  # fmt: skip
 
 
 def load_splits(config: TrainingConfig, accelerator: Accelerator) -> DatasetDict:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 from .. import __version__
 from ..data.report import DatasetValidationError
+from .check import add_check
 from .data import add_convert, add_inspect
 from .model import add_evaluate, add_predict
 
@@ -28,6 +29,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_inspect,
     add_evaluate,
     add_predict,
+    add_check,
 ]
 
 

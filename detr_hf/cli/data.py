@@ -40,6 +40,8 @@ def add_convert(subparsers: argparse._SubParsersAction) -> None:
                    "has no validation split (default 0.1; 0 for none)")  # fmt: skip
     p.add_argument("--split-seed", "--seed", type=int, default=0, help="seed of the validation split (default 0): "
                    "file names are hashed with it, so images keep their split when others are added")  # fmt: skip
+    p.add_argument("--group-by", metavar="REGEX", help="keep groups whole when carving validation: a regex whose first "
+                   "capture group in file_name names the group, e.g. '^([^/]+)/' (or a column of a saved dataset)")  # fmt: skip
     p.add_argument("--image-root", action="append", default=[], metavar="DIR", help="a folder outside the source "
                    "folder that annotations may name images in (repeatable); others are refused")  # fmt: skip
     p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, help="larger images are "
@@ -69,6 +71,7 @@ def run_convert(args: argparse.Namespace) -> int:
         class_names=_class_names(args.class_names),
         val_fraction=args.val_fraction,
         split_seed=args.split_seed,
+        group_by=args.group_by,
         strict=args.strict,
         include_difficult=not args.exclude_difficult,
         verify_images=not args.no_verify_images,

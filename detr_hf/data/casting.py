@@ -24,7 +24,7 @@ from .schema import (
     get_category_mapping,
     set_category_mapping,
 )
-from .splits import carve_validation, normalize_split_name, ordered_splits, split_keys
+from .splits import carve_validation, group_keys, normalize_split_name, ordered_splits, split_keys
 from .summary import count_splits, read_issues, refuse_empty
 
 
@@ -38,6 +38,7 @@ def load_existing(
     num_proc: int | None,
     image_roots: list[Path],
     options: dict,
+    group_by: str | None = None,
 ) -> tuple[DatasetDict, ConversionReport]:
     report = ConversionReport(source=str(source), format=fmt)
     roots = [*image_roots, Path(source)] if Path(source).exists() else [*image_roots, *_download_dirs(options)]
@@ -61,7 +62,8 @@ def load_existing(
     loaded = DatasetDict({normalize_split_name(k): v for k, v in loaded.items()})
     if "validation" not in loaded and "train" in loaded:
         train = loaded["train"]
-        chosen = carve_validation(split_keys(train), val_fraction, split_seed, report)
+        groups = group_keys(train, group_by) if group_by is not None else None
+        chosen = carve_validation(split_keys(train), val_fraction, split_seed, report, group_by, groups)
         if any(chosen):
             loaded["validation"] = train.select([k for k, c in enumerate(chosen) if c])
             loaded["train"] = train.select([k for k, c in enumerate(chosen) if not c])

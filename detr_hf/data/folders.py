@@ -47,6 +47,7 @@ def convert_folder(
     num_proc: int | None,
     cache_dir: str | None,
     format_options: dict,
+    group_by: str | None = None,
 ) -> tuple[DatasetDict, ConversionReport]:
     report = ConversionReport(source=str(root), format=fmt)
     if not root.is_dir():
@@ -58,7 +59,7 @@ def convert_folder(
     out = DatasetDict()
     with tempfile.TemporaryDirectory(prefix="detr_hf_convert_") as spill_dir:
         spill = os.path.join(spill_dir, "annotations.pickles")
-        names, mapping, splits = _plan(data, ctx, class_names, val_fraction, split_seed, spill)
+        names, mapping, splits = _plan(data, ctx, class_names, val_fraction, split_seed, spill, group_by)
         refuse_empty(root, fmt, sum(map(len, splits.values())), names, report)
         report.class_names = names
         features = detection_features(names)
@@ -98,6 +99,7 @@ def _plan(
     val_fraction: float,
     split_seed: int,
     spill: str,
+    group_by: str | None = None,
 ) -> tuple[list[str], CategoryMapping, dict[str, list[tuple]]]:
     """Consume the reader's images: report missing and duplicate images and pickle the others into the ``spill``
     file (memory then holds a small record per image, not its boxes); then fix the class list, give ids to images and
@@ -145,7 +147,8 @@ def _plan(
     splits = [r.split or "train" for r in records]
     if "validation" not in splits:
         train = [k for k, split in enumerate(splits) if split == "train"]
-        chosen = carve_validation([records[k].file_name for k in train], val_fraction, split_seed, ctx.report)
+        keys = [records[k].file_name for k in train]
+        chosen = carve_validation(keys, val_fraction, split_seed, ctx.report, group_by=group_by)
         for k, to_validation in zip(train, chosen):
             splits[k] = "validation" if to_validation else "train"
     next_image, next_object = max_image_id + 1, max_object_id + 1

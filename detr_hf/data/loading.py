@@ -35,6 +35,7 @@ def load_detection_dataset(
     class_names: Sequence[str] | None = None,
     val_fraction: float = 0.1,
     split_seed: int = 0,
+    group_by: str | None = None,
     include_difficult: bool = True,
     strict: bool = False,
     verify_images: bool = True,
@@ -58,6 +59,10 @@ def load_detection_dataset(
         val_fraction, split_seed: when the source has no validation split, about this fraction of ``train`` (0 for
             none; at least one image) becomes ``validation``: the images whose hash of ``file_name`` and
             ``split_seed`` falls below it. An image keeps its split when images are added or removed.
+        group_by: keep groups (patients, recordings, flights, scenes) whole in that split: a regular expression
+            whose first capture group (else whole match) in ``file_name`` names the group (``r"^([^/]+)/"``: the
+            first folder), or, for a saved or Hub dataset, a column. The hash is then of the group, so no group spans
+            train and validation (``detr-hf check`` reports groups spanning the splits a source came with).
         include_difficult: keep VOC ``difficult`` boxes (flagged in ``objects.difficult``).
         strict: raise :class:`DatasetValidationError` on the first fix instead of fixing and reporting it.
         verify_images: decode every image (cheaply, JPEGs at 1/8 scale) so corrupt files are found now.
@@ -101,15 +106,16 @@ def load_detection_dataset(
         if fmt == "hub" and cache_dir is not None:
             format_options.setdefault("cache_dir", cache_dir)
         dataset, report = load_existing(
-            source, fmt, class_names, val_fraction, split_seed, strict, num_proc, image_roots, format_options
-        )
+            source, fmt, class_names, val_fraction, split_seed, strict, num_proc, image_roots, format_options,
+            group_by=group_by,
+        )  # fmt: skip
     else:
         options = RowOptions(
             verify_images=verify_images, include_difficult=include_difficult, max_image_pixels=max_image_pixels
         )
         dataset, report = convert_folder(
             path, fmt, Path(images_dir) if images_dir else path, image_roots, class_names, val_fraction, split_seed,
-            options, strict, num_proc, cache_dir, format_options,
+            options, strict, num_proc, cache_dir, format_options, group_by=group_by,
         )  # fmt: skip
     if verbose:
         print(report)

@@ -31,6 +31,9 @@ class TrainingConfig:
     eval_split: str = "validation"
     val_fraction: float = 0.1
     split_seed: int = 0  # picks the images of a validation split made by val_fraction (independent of `seed`)
+    # keep groups whole in that split: a regex whose first capture group in file_name names the group (patient,
+    # recording, scene), e.g. "^([^/]+)/" for the first folder, or a column of a saved/Hub dataset
+    group_by: str | None = None
     augmentation: str = "train"  # "train" | "aerial" | "medical" | "none"
     scales: list[int] = field(default_factory=lambda: [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800])
     max_size: int = 1333
