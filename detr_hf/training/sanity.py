@@ -22,12 +22,14 @@ def overfit_one_batch(
     model: nn.Module, batch: dict[str, Any], config: TrainingConfig, steps: int = DEFAULT_STEPS
 ) -> list[float]:
     """The loss of each of ``steps`` AdamW steps on one ``batch`` (the run's optimizer groups and learning rates),
-    taken by a copy of ``model``: the model itself and the random state are left as they were."""
+    taken by a copy of ``model``: the model itself and the random state are left as they were. Every step draws the
+    same random numbers (dropout, denoising noise), so the losses are of one fixed batch and problem."""
     trial = copy.deepcopy(model).train()
     optimizer = build_optimizer(trial, config)
     losses = []
     with torch.random.fork_rng(devices=[]):
         for _ in range(steps):
+            torch.manual_seed(0)
             loss = trial(**batch).loss
             optimizer.zero_grad()
             loss.backward()
