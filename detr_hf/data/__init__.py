@@ -27,6 +27,7 @@ from .schema import (
     set_category_mapping,
 )
 from .synthetic import make_synthetic_dataset
+from .tiling import TilingReport, tile_dataset
 from .transforms import build_transforms, detr_scales, make_collate_fn, make_transform_fn
 
 __all__ = [
@@ -56,4 +57,6 @@ __all__ = [
     "plot_dataset_stats",
     "save_detection_dataset",
     "set_category_mapping",
+    "tile_dataset",
+    "TilingReport",
 ]
