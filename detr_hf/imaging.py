@@ -181,7 +181,11 @@ def decode_large_image(
     common case) is returned as PIL decoded it, without the copy ``convert("RGB")`` makes; other modes and EXIF
     orientations go through :func:`decode_image`. PIL's decompression-bomb limit is replaced by
     ``max_image_pixels`` (None: no limit), which raises ``DatasetValidationError`` naming the image."""
-    from .data.report import DatasetValidationError
+
+    def error(message: str) -> Exception:
+        from .data.report import DatasetValidationError  # imported on error only: the data package is heavy
+
+        return DatasetValidationError(message)
 
     saved = PIL.Image.MAX_IMAGE_PIXELS
     PIL.Image.MAX_IMAGE_PIXELS = None
@@ -192,15 +196,13 @@ def decode_large_image(
             return decode_image(source, name)  # its error names the image
         where = name or (str(source) if isinstance(source, (str, os.PathLike)) else "<image>")
         if max_image_pixels is not None and image.width * image.height > max_image_pixels:
-            raise DatasetValidationError(
-                f"{where}: {image.width}x{image.height} is more than max_image_pixels={max_image_pixels} pixels"
-            )
+            raise error(f"{where}: {image.width}x{image.height} is more than max_image_pixels={max_image_pixels} pixels")
         if image.mode != "RGB" or exif_orientation(image) != 1:
             return decode_image(image, where)
         try:
             image.load()
-        except Exception as error:
-            raise DatasetValidationError(f"{where}: does not decode as an image ({error})") from error
+        except Exception as problem:
+            raise error(f"{where}: does not decode as an image ({problem})") from problem
         return image
     finally:
         PIL.Image.MAX_IMAGE_PIXELS = saved
