@@ -196,7 +196,9 @@ def decode_large_image(
             return decode_image(source, name)  # its error names the image
         where = name or (str(source) if isinstance(source, (str, os.PathLike)) else "<image>")
         if max_image_pixels is not None and image.width * image.height > max_image_pixels:
-            raise error(f"{where}: {image.width}x{image.height} is more than max_image_pixels={max_image_pixels} pixels")
+            raise error(
+                f"{where}: {image.width}x{image.height} is more than max_image_pixels={max_image_pixels} pixels"
+            )
         if image.mode != "RGB" or exif_orientation(image) != 1:
             return decode_image(image, where)
         try:

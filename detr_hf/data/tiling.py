@@ -91,9 +91,7 @@ def tile_features(split: Dataset) -> Features:
     """The tile rows' features: the split's objects and classes, no image; the source row and the window."""
     base = detection_features(list(split.features["objects"]["category"].feature.names))
     features = {key: value for key, value in base.items() if key != "image"}
-    features.update(
-        source_index=Value("int64"), source_image_id=Value("int64"), window=List(Value("int32"), length=4)
-    )
+    features.update(source_index=Value("int64"), source_image_id=Value("int64"), window=List(Value("int32"), length=4))
     return Features(features)
 
 
@@ -185,7 +183,9 @@ def tile_dataset(
             columns["window"].append(list(window))
     report.tiles = len(columns["image_id"])
     features = tile_features(split)
-    tiles = Dataset.from_dict(columns, features=features, info=DatasetInfo(description=split.info.description, features=features))
+    tiles = Dataset.from_dict(
+        columns, features=features, info=DatasetInfo(description=split.info.description, features=features)
+    )
     tiles = tiles.with_transform(TileCropper(split))
     tiles.tiling_report = report
     return tiles

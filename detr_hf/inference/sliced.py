@@ -215,4 +215,3 @@ class SlicedDetector:
     def __call__(self, images: Sequence[Any], threshold: float = 0.5) -> list[Detections]:
         options = {**self.options, "threshold": threshold}
         return [sliced_detection(self.detector, None, image, **options) for image in images]
-

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from ..data.transforms import DetectionTransform, build_transforms, make_collate_fn, make_transform_fn
 from .config import TrainingConfig
+from .tiling import tiled_loader_parts
 
 
 class SeededTransform:
@@ -33,10 +34,12 @@ def train_dataloader(dataset: Dataset, processor: Any, config: TrainingConfig) -
     preset = "eval" if config.augmentation == "none" else config.augmentation
     pipeline = build_transforms(preset, config.scales, config.max_size, seed=config.seed)
     transform = SeededTransform(make_transform_fn(pipeline), config.seed)
+    rows, sampler = tiled_loader_parts(dataset, transform, config)  # tiles when config.tiling is set
     loader = DataLoader(
-        dataset.with_transform(transform),
+        rows,
         batch_size=config.per_device_train_batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         collate_fn=make_collate_fn(processor),
         num_workers=config.num_workers,
         drop_last=True,

@@ -80,7 +80,7 @@ def _check_accounting(tiles, split, min_visibility):
         ignored = sorted(i for i, c in zip(objects["id"], objects["iscrowd"]) if c)
         assert (kept, ignored) == (want_kept, want_ignored)
         w, h = row["width"], row["height"]
-        assert all(0 <= x and 0 <= y and x + bw <= w + 1e-4 and y + bh <= h + 1e-4 for x, y, bw, bh in objects["bbox"])
+        assert all(x >= 0 and y >= 0 and x + bw <= w + 1e-4 and y + bh <= h + 1e-4 for x, y, bw, bh in objects["bbox"])
 
 
 def test_boxes_on_tile_borders_are_all_accounted_for():
@@ -97,9 +97,9 @@ def test_boxes_on_tile_borders_are_all_accounted_for():
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     boxes=st.lists(
-        st.tuples(
-            st.integers(0, SIZE - 2), st.integers(0, SIZE - 2), st.integers(1, 120), st.integers(1, 120)
-        ).map(lambda b: (b[0], b[1], min(b[2], SIZE - b[0]), min(b[3], SIZE - b[1]))),
+        st.tuples(st.integers(0, SIZE - 2), st.integers(0, SIZE - 2), st.integers(1, 120), st.integers(1, 120)).map(
+            lambda b: (b[0], b[1], min(b[2], SIZE - b[0]), min(b[3], SIZE - b[1]))
+        ),
         max_size=12,
     ),
     tile=st.sampled_from([64, 100, 128, 300, 512]),
