@@ -37,6 +37,7 @@ __all__ = [
     "DatasetStats",
     "DatasetValidationError",
     "Issue",
+    "TilingReport",
     "build_transforms",
     "cast_to_detection_schema",
     "class_names_of",
@@ -58,5 +59,4 @@ __all__ = [
     "save_detection_dataset",
     "set_category_mapping",
     "tile_dataset",
-    "TilingReport",
 ]

@@ -101,7 +101,7 @@ def make_synthetic_scenes(
                 "seed": seed,
                 "sides": (min_side, max_side),
                 "config": asdict(config),
-            },  # fmt: skip
+            },
             split=split,
             cache_dir=cache_dir,
             keep_in_memory=keep_in_memory,
