@@ -67,11 +67,13 @@ def train(model, dataset, processor, args, sampler=None) -> float:
 
     from detr_hf.data import make_collate_fn
 
-    loader = DataLoader(dataset, batch_size=args.batch, sampler=sampler, shuffle=sampler is None, drop_last=True,
+    loader = DataLoader(dataset, batch_size=args.batch, sampler=sampler, shuffle=sampler is None, drop_last=len(dataset) >= args.batch,
                         collate_fn=make_collate_fn(processor), generator=torch.Generator().manual_seed(0))  # fmt: skip
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     model.train()
     steps, start = 0, time.perf_counter()
+    if not len(loader):
+        raise ValueError(f"no training batch: {len(dataset)} rows")
     while steps < args.steps:
         for batch in loader:
             loss = model(
