@@ -93,9 +93,3 @@ def box_intersection(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
     return (bottom_right - top_left).clamp(min=0).prod(-1)
 
-
-def box_ios(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Pairwise intersection over the smaller box's area of ``xyxy`` boxes, shape ``(N, M)``: 1 when one box lies
-    inside the other, as a fragment of an object cut by a tile lies inside the whole object."""
-    smaller = torch.min(box_area(boxes1)[:, None], box_area(boxes2)[None, :])
-    return box_intersection(boxes1, boxes2) / smaller.clamp(min=1e-9)

@@ -19,10 +19,11 @@ import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
 import PIL.Image
 import torch
 
-from ..box_ops import box_ios, box_iou
+from ..box_ops import box_area, box_intersection
 from ..imaging import decode_large_image
 from ..tiles import tile_windows
 from .detector import Detections, Detector, TorchDetector, image_size
@@ -37,19 +38,51 @@ def _empty() -> Detections:
     return {"scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}
 
 
+def _matching_pairs(boxes: torch.Tensor, metric: MatchMetric, match_threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs ``(i, j)``, ``i < j``, of boxes whose overlap exceeds the threshold, sorted by ``i``.
+
+    Boxes are swept in order of their left edge, a block at a time against the boxes that start before the block's
+    right edges end: time and memory grow with the boxes that can overlap, not with the square of their number."""
+    by_x = boxes[:, 0].argsort()
+    swept = boxes[by_x]
+    areas = box_area(swept)
+    lefts = swept[:, 0].contiguous()
+    first, second = [], []
+    block = 256
+    for start in range(0, len(swept), block):
+        stop = min(start + block, len(swept))
+        end = int(torch.searchsorted(lefts, swept[start:stop, 2].max(), right=True))
+        columns = slice(start, max(end, stop))
+        inter = box_intersection(swept[start:stop], swept[columns])
+        if metric == "ios":
+            denominator = torch.minimum(areas[start:stop, None], areas[None, columns])
+        else:
+            denominator = areas[start:stop, None] + areas[None, columns] - inter
+        i, j = (inter / denominator.clamp(min=1e-9) > match_threshold).nonzero(as_tuple=True)
+        i, j = by_x[i + start], by_x[j + start]
+        keep = i != j
+        first.append(torch.minimum(i, j)[keep].numpy())
+        second.append(torch.maximum(i, j)[keep].numpy())
+    first, second = np.concatenate(first), np.concatenate(second)
+    order = np.lexsort((second, first))
+    pairs = np.unique(np.stack([first[order], second[order]]), axis=1)  # a pair met from both sides counts once
+    return pairs[0], pairs[1]
+
+
 def _groups(boxes: torch.Tensor, metric: MatchMetric, match_threshold: float) -> list[tuple[int, torch.Tensor]]:
     """Greedy grouping of score-sorted boxes: each box not yet taken leads the group of untaken boxes it matches."""
-    overlap = box_ios(boxes, boxes) if metric == "ios" else box_iou(boxes, boxes)[0]
-    matches = overlap > match_threshold
-    taken = torch.zeros(len(boxes), dtype=torch.bool)
+    count = len(boxes)
+    first, second = _matching_pairs(boxes, metric, match_threshold)
+    bounds = np.searchsorted(first, np.arange(count + 1))
+    taken = np.zeros(count, dtype=bool)
     groups = []
-    for i in range(len(boxes)):
-        if taken[i]:
+    for leader in range(count):
+        if taken[leader]:
             continue
-        members = matches[i] & ~taken
-        members[: i + 1] = False
-        taken |= members
-        groups.append((i, members.nonzero().flatten()))
+        candidates = second[bounds[leader] : bounds[leader + 1]]
+        members = candidates[~taken[candidates]]
+        taken[members] = True
+        groups.append((leader, torch.from_numpy(members)))
     return groups
 
 

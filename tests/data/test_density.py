@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from datasets import Dataset
 from PIL import Image
 
@@ -65,3 +66,26 @@ def test_large_scenes_are_deterministic_and_in_range(tmp_path):
     assert all(96 <= w <= 128 and 96 <= h <= 128 for w, h in sizes) and len(sizes) == 2
     assert all(5 <= len(row["objects"]["bbox"]) <= 12 for row in first)
     assert all(row["image"].size == (row["width"], row["height"]) for row in first)
+
+
+def test_coco_max_dets_follow_the_query_budget_on_dense_scenes():
+    import torch
+
+    from detr_hf.evaluation import evaluate_images, format_metrics_table
+
+    split = _split([150])
+
+    class Oracle:
+        id2label = {0: "a"}
+
+        def __call__(self, images, threshold=0.5):
+            boxes = torch.tensor(split[0]["objects"]["bbox"])
+            boxes[:, 2:] += boxes[:, :2]
+            scores = torch.linspace(1.0, 0.5, len(boxes))
+            return [{"scores": scores, "labels": torch.zeros(len(boxes), dtype=torch.int64), "boxes": boxes}]
+
+    capped, _ = evaluate_images(Oracle(), split, show_progress=False)
+    budget, _ = evaluate_images(Oracle(), split, show_progress=False, max_detections=200)
+    assert capped["mar_100"] == pytest.approx(100 / 150) and budget["mar_200"] == pytest.approx(1.0)
+    table = format_metrics_table(budget)
+    assert "AR200" in table and "maxDets=200" in table and "maxDets" not in format_metrics_table(capped)
