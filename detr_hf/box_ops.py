@@ -92,4 +92,3 @@ def box_intersection(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
     bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
     return (bottom_right - top_left).clamp(min=0).prod(-1)
-
