@@ -9,6 +9,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 from .configuration_deformable import DeformableDetrConfig
 from .configuration_detr import DetrConfig
 from .image_processing_detr import DetrHfImageProcessor, DetrImageProcessor
+from .inference.sliced import SlicedDetector, sliced_detection
 from .logging_utils import dropped_logs
 from .modeling_deformable import DeformableDetrForObjectDetection, DeformableDetrModel, DeformableDetrModelOutput
 from .modeling_detr import (
@@ -49,4 +50,6 @@ __all__ = [
     "DetrModelOutput",
     "DetrObjectDetectionOutput",
     "DetrPreTrainedModel",
+    "SlicedDetector",
+    "sliced_detection",
 ]

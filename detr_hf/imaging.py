@@ -35,6 +35,7 @@ __all__ = [
     "HIGH_DEPTH_MODES",
     "SWAPPING_ORIENTATIONS",
     "decode_image",
+    "decode_large_image",
     "describe_image",
     "exif_orientation",
     "high_depth_to_8bit",
@@ -169,6 +170,44 @@ def decode_image(
     except Exception as error:  # PIL raises many types for corrupt data; all mean "does not decode"
         raise DatasetValidationError(f"{where}: does not decode as an image ({error})") from error
     return to_rgb8(upright(image))
+
+
+def decode_large_image(
+    source: str | os.PathLike | bytes | Mapping[str, Any] | PIL.Image.Image,
+    name: str | None = None,
+    max_image_pixels: int | None = None,
+) -> PIL.Image.Image:
+    """:func:`decode_image` for images of any size, holding one decoded copy: an 8-bit RGB image as stored (the
+    common case) is returned as PIL decoded it, without the copy ``convert("RGB")`` makes; other modes and EXIF
+    orientations go through :func:`decode_image`. PIL's decompression-bomb limit is replaced by
+    ``max_image_pixels`` (None: no limit), which raises ``DatasetValidationError`` naming the image."""
+
+    def error(message: str) -> Exception:
+        from .data.report import DatasetValidationError  # imported on error only: the data package is heavy
+
+        return DatasetValidationError(message)
+
+    saved = PIL.Image.MAX_IMAGE_PIXELS
+    PIL.Image.MAX_IMAGE_PIXELS = None
+    try:
+        try:
+            image = open_image(source)
+        except Exception:
+            return decode_image(source, name)  # its error names the image
+        where = name or (str(source) if isinstance(source, (str, os.PathLike)) else "<image>")
+        if max_image_pixels is not None and image.width * image.height > max_image_pixels:
+            raise error(
+                f"{where}: {image.width}x{image.height} is more than max_image_pixels={max_image_pixels} pixels"
+            )
+        if image.mode != "RGB" or exif_orientation(image) != 1:
+            return decode_image(image, where)
+        try:
+            image.load()
+        except Exception as problem:
+            raise error(f"{where}: does not decode as an image ({problem})") from problem
+        return image
+    finally:
+        PIL.Image.MAX_IMAGE_PIXELS = saved
 
 
 # -- arrays for the image processor: any layout, depth and channel count ---------------------------------------------

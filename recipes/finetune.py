@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from detr_hf.data import class_names_of, load_detection_dataset, make_synthetic_dataset
-from detr_hf.evaluation import eval_dataloader, evaluate_detector, format_metrics_table
+from detr_hf.evaluation import eval_dataloader, evaluate_detector, format_metrics_table, query_budget
 from detr_hf.evaluation.report import report_after_training
 from detr_hf.families.loading import set_input_size
 from detr_hf.health import log_dataset_health
@@ -69,6 +69,7 @@ from detr_hf.training import (
     train_step,
     write_model_card,
 )
+from detr_hf.training.tiling import evaluate_sliced, report_scene_density
 
 logger = get_logger("detr_hf.finetune")
 QUICKSTART = Path(__file__).parent / "configs" / "quickstart.yaml"  # what runs without any option
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     dataset = load_splits(config, accelerator)
     model, processor = build_model(config, class_names_of(dataset[config.train_split]))
     log_dataset_health(config, accelerator, dataset, model)  # one paragraph: duplicates, leakage, broken labels
+    report_scene_density(config, dataset[config.train_split], model)
     prepare_outputs(config, accelerator, dataset, model)
     if config.sanity_check:  # overfit one batch first: fail fast when the loss can't go down
         report = Path(config.output_dir) if accelerator.is_main_process else None
@@ -301,9 +303,13 @@ def evaluate(run: Run, predictions: Path | None = None) -> dict[str, Any] | None
     """COCO metrics of the evaluated model (the EMA's when enabled), printed and logged; the best model so far is
     saved to `best/`; `predictions`: also write the detections there. The metrics on the main process, else None."""
     config, accelerator, state = run.config, run.accelerator, run.state
-    metrics, evaluator = evaluate_detector(
-        run.eval_model, run.processor, run.eval_loader, run.ground_truth, accelerator
-    )
+    if config.tiling:  # full images, by sliced inference
+        metrics, evaluator = evaluate_sliced(run.eval_model, run.processor, run.ground_truth, config, accelerator)
+    else:
+        budget = query_budget(accelerator.unwrap_model(run.eval_model).config)  # maxDets above 100 for dense scenes
+        metrics, evaluator = evaluate_detector(
+            run.eval_model, run.processor, run.eval_loader, run.ground_truth, accelerator, max_detections=budget
+        )
     run.evaluator = evaluator
     if predictions is not None and accelerator.is_main_process:
         predictions.write_text(json.dumps(evaluator.coco_results()), encoding="utf-8")

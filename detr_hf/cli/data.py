@@ -97,7 +97,17 @@ def add_inspect(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", help="PNG to write (default: <dataset>/dataset_stats.png, or ./dataset_stats.png)")
     p.add_argument("--no-plot", action="store_true", help="print only")
     p.add_argument("--json", dest="json_path", help="also write the statistics as JSON here")
+    p.add_argument("--num-queries", type=int, default=100, help="the model's query budget, to compare the objects "
+                   "per image with (default 100, DETR's)")  # fmt: skip
     p.set_defaults(run=run_inspect)
+
+
+def print_scene_density(stats, num_queries: int) -> None:
+    """Objects per image (max, p99) of each split against ``num_queries``, warning when a scene may exceed it."""
+    from ..data.density import scene_density
+
+    for name, split in stats.splits.items():
+        print(f"{name}: {scene_density(split.boxes_per_image, num_queries)}")
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -105,6 +115,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
     stats = inspect_dataset(args.dataset)
     print(stats)
+    print_scene_density(stats, args.num_queries)
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(stats.to_dict(), indent=2), encoding="utf-8")
     if not args.no_plot:

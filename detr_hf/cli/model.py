@@ -13,6 +13,7 @@ from pathlib import Path, PurePath
 
 from ..pretrained import load_detector
 from .report import add_report_arguments, run_report, threshold_value
+from .slicing import add_slice_arguments, sliced_if_asked
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -28,19 +29,28 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
                    "(predictions.json: COCO results with the source's category and image ids, so they score against "
                    "the original COCO annotation file)")  # fmt: skip
     add_report_arguments(p)
+    add_slice_arguments(p)
     p.set_defaults(run=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..data import load_detection_dataset
-    from ..evaluation import eval_dataloader, evaluate_detector, format_metrics_table
+    from ..evaluation import eval_dataloader, evaluate_detector, format_metrics_table, query_budget
 
     model, processor = load_detector(args.model)
     dataset = load_detection_dataset(args.data, format=args.format, verbose=False)
     if args.split not in dataset:
         raise SystemExit(f"detr-hf evaluate: split {args.split!r} is not in {args.data} (splits: {list(dataset)})")
-    loader = eval_dataloader(dataset[args.split], processor, args.batch_size)
-    metrics, evaluator = evaluate_detector(model, processor, loader, dataset[args.split])
+    budget = query_budget(model.config)
+    if args.slice:  # full images, tiled: each image through the sliced detector
+        from ..evaluation import evaluate_images
+        from ..inference import TorchDetector
+
+        detector = sliced_if_asked(TorchDetector(model, processor), args)
+        metrics, evaluator = evaluate_images(detector, dataset[args.split], args.batch_size, max_detections=budget)
+    else:
+        loader = eval_dataloader(dataset[args.split], processor, args.batch_size)
+        metrics, evaluator = evaluate_detector(model, processor, loader, dataset[args.split], max_detections=budget)
     print(format_metrics_table(metrics))
     if args.output:
         out = Path(args.output)
@@ -71,6 +81,7 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
                    help="minimum score (default 0.5), or 'auto': the per-class thresholds saved by "
                    "`detr-hf evaluate --report DIR --save-operating-point`")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=4)
+    add_slice_arguments(p)
     p.set_defaults(run=run_predict)
 
 
@@ -115,11 +126,11 @@ def run_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..data.report import DatasetValidationError
-    from ..imaging import decode_image
+    from ..imaging import decode_image, decode_large_image
     from ..inference import load_inference_detector
     from ..visualization import draw_detections
 
-    detector = load_inference_detector(args.model)
+    detector = sliced_if_asked(load_inference_detector(args.model), args)
     inputs = _image_paths(args.images)
     drawings = _drawing_names([relative for _, relative in inputs])
     out = Path(args.output)
@@ -131,7 +142,7 @@ def run_predict(args: argparse.Namespace) -> int:
         decoded = []
         for path, drawing in jobs[start : start + args.batch_size]:
             try:
-                decoded.append((path, drawing, decode_image(path)))
+                decoded.append((path, drawing, (decode_large_image if args.slice else decode_image)(path)))
             except DatasetValidationError as error:
                 tqdm.write(f"detr-hf predict: skipped {error}", file=sys.stderr)
                 errors.append({"image": str(path), "error": str(error)})

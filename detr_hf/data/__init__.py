@@ -27,6 +27,7 @@ from .schema import (
     set_category_mapping,
 )
 from .synthetic import make_synthetic_dataset
+from .tiling import TilingReport, tile_dataset
 from .transforms import build_transforms, detr_scales, make_collate_fn, make_transform_fn
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "DatasetStats",
     "DatasetValidationError",
     "Issue",
+    "TilingReport",
     "build_transforms",
     "cast_to_detection_schema",
     "class_names_of",
@@ -56,4 +58,5 @@ __all__ = [
     "plot_dataset_stats",
     "save_detection_dataset",
     "set_category_mapping",
+    "tile_dataset",
 ]

@@ -24,7 +24,7 @@ Conventions worth knowing:
 
 from .coco_evaluator import BACKENDS, Backend, CocoEvaluator
 from .ground_truth import coco_ground_truth_from_dataset, label_to_category_id_by_name, load_coco_ground_truth
-from .loop import eval_dataloader, evaluate_detector, evaluate_images
+from .loop import eval_dataloader, evaluate_detector, evaluate_images, query_budget
 from .metrics import coco_metrics
 from .tables import format_metrics_table
 
@@ -40,4 +40,5 @@ __all__ = [
     "format_metrics_table",
     "label_to_category_id_by_name",
     "load_coco_ground_truth",
+    "query_budget",
 ]

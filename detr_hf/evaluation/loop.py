@@ -55,6 +55,7 @@ def evaluate_detector(
     accelerator: Any = None,
     *,
     show_progress: bool = True,
+    max_detections: int = 100,
 ) -> tuple[dict[str, Any] | None, CocoEvaluator]:
     """COCO metrics of `model` over a dataloader of collated batches (``pixel_values``, ``pixel_mask``, ``labels``
     with ``orig_size`` and ``image_id``), each image counted once across processes.
@@ -66,13 +67,14 @@ def evaluate_detector(
     unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
     was_training = model.training
     model.eval()
-    evaluator = CocoEvaluator(ground_truth, id2label=unwrapped.config.id2label)
+    evaluator = CocoEvaluator(ground_truth, id2label=unwrapped.config.id2label, max_detections=max_detections)
+    cap = {"top_k": max_detections} if max_detections != 100 else {}  # dense scenes: post-processing keeps 100
     device = next(unwrapped.parameters()).device
     is_main = accelerator is None or accelerator.is_main_process
     for batch in tqdm(dataloader, desc="evaluating", disable=not (show_progress and is_main), leave=False):
         outputs = model(**{key: batch[key].to(device) for key in ("pixel_values", "pixel_mask") if key in batch})
         sizes = [label["orig_size"].tolist() for label in batch["labels"]]
-        results = image_processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=sizes)
+        results = image_processor.post_process_object_detection(outputs, threshold=0.0, target_sizes=sizes, **cap)
         evaluator.update(results, image_ids=[label["image_id"] for label in batch["labels"]])
     evaluator.gather()
     model.train(was_training)
@@ -80,7 +82,7 @@ def evaluate_detector(
 
 
 def evaluate_images(
-    detector: Any, dataset: Dataset, batch_size: int = 8, *, show_progress: bool = True
+    detector: Any, dataset: Dataset, batch_size: int = 8, *, show_progress: bool = True, max_detections: int = 100
 ) -> tuple[dict[str, Any], CocoEvaluator]:
     """COCO metrics of any :class:`~detr_hf.inference.Detector` (ONNX Runtime, sliced inference, another
     DETR-family model) on a detection split: each image as decoded from the dataset, detections in its pixels.
@@ -90,10 +92,15 @@ def evaluate_images(
     """
     from tqdm.auto import tqdm
 
-    evaluator = CocoEvaluator(dataset, id2label=detector.id2label)
+    evaluator = CocoEvaluator(dataset, id2label=detector.id2label, max_detections=max_detections)
     rows = dataset.select_columns(["image", "image_id"])
     for start in tqdm(range(0, len(rows), batch_size), desc="evaluating", unit="batch", disable=not show_progress):
         batch = rows[start : start + batch_size]
         results = detector(batch["image"], threshold=0.0)
         evaluator.update(results, image_ids=batch["image_id"])
     return evaluator.compute(), evaluator
+
+
+def query_budget(model_config: Any) -> int:
+    """COCO's ``maxDets`` for a model: its number of queries when above COCO's 100 (dense scenes), else 100."""
+    return max(100, int(getattr(model_config, "num_queries", 100) or 100))

@@ -52,4 +52,7 @@ def format_metrics_table(metrics: Mapping[str, Any]) -> str:
         lines.append(f"{'all':<{name_width}}  " + "".join(f"{c:>{width}}" for c in totals))
         if any(v < 0 for v in per_class.values()):
             lines.append("(- : no ground-truth boxes of this class)")
+    if top > 100:
+        lines.append(f"(maxDets={top}: up to {top} detections per image count, the model's query budget; COCO's default "
+                     "100 would cap recall on dense scenes)")  # fmt: skip
     return "\n".join(lines)

@@ -11,6 +11,7 @@ its adapter. Each one is called on a list of images and returns, per image, the 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -65,7 +66,11 @@ class TorchDetector:
         inputs = {key: batch[key].to(device) for key in ("pixel_values", "pixel_mask") if key in batch}
         outputs = self.model(**inputs)
         sizes = [image_size(image) for image in images]
-        return self.processor.post_process_object_detection(outputs, threshold=threshold, target_sizes=sizes)
+        # dense scenes: as many detections as the model has queries (post-processing's default cap is 100)
+        post_process = self.processor.post_process_object_detection
+        cap = {"top_k": max(100, int(getattr(self.model.config, "num_queries", 100)))}
+        cap = cap if "top_k" in inspect.signature(post_process).parameters else {}
+        return post_process(outputs, threshold=threshold, target_sizes=sizes, **cap)
 
 
 def load_inference_detector(source: str) -> Detector:

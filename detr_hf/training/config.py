@@ -37,6 +37,9 @@ class TrainingConfig:
     augmentation: str = "train"  # "train" | "aerial" | "medical" | "none"
     scales: list[int] = field(default_factory=lambda: [480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800])
     max_size: int = 1333
+    # train on native-resolution tiles and evaluate full images by sliced inference (docs/large_images.md):
+    # {tile_size: 512, overlap: 0.2, min_visibility: 0.3, empty_fraction: 0.1}; null: whole images
+    tiling: dict[str, Any] | None = None
     # optimization
     output_dir: str = "runs/detr"  # must be empty (or absent) unless resuming or overwrite_output_dir
     # train a new run in a non-empty output_dir: its outputs are replaced; an earlier run's checkpoints stay, but
@@ -149,6 +152,9 @@ def parse_recipe_arguments(argv: list[str] | None = None, default_config: str | 
 
 def check_config(config: TrainingConfig) -> None:
     """Rejects the option values no run can use, before any work: counts that must not be negative."""
+    from .tiling import check_tiling
+
+    check_tiling(config.tiling)
     if config.save_total_limit is not None and config.save_total_limit < 0:
         raise ValueError(f"save_total_limit={config.save_total_limit}: use a count >= 0, or null to keep every one")
     if config.max_consecutive_skipped_steps is not None and config.max_consecutive_skipped_steps < 1:

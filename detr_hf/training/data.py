@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from ..data.transforms import DetectionTransform, build_transforms, make_collate_fn, make_transform_fn
 from ..families.loading import fit_pipeline_to_processor
 from .config import TrainingConfig
+from .tiling import tiled_loader_parts
 
 
 class SeededTransform:
@@ -35,10 +36,12 @@ def train_dataloader(dataset: Dataset, processor: Any, config: TrainingConfig) -
     pipeline = build_transforms(preset, config.scales, config.max_size, seed=config.seed)
     pipeline = fit_pipeline_to_processor(pipeline, processor)  # a fixed-size processor's models train at its size
     transform = SeededTransform(make_transform_fn(pipeline), config.seed)
+    rows, sampler = tiled_loader_parts(dataset, transform, config)  # tiles when config.tiling is set
     loader = DataLoader(
-        dataset.with_transform(transform),
+        rows,
         batch_size=config.per_device_train_batch_size,
-        shuffle=True,
+        shuffle=sampler is None,
+        sampler=sampler,
         collate_fn=make_collate_fn(processor),
         num_workers=config.num_workers,
         drop_last=True,
