@@ -66,6 +66,8 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", required=True, help="folder for the drawn images and detections.json")
     p.add_argument("--threshold", type=float, default=0.5, help="minimum score (default 0.5)")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--explain", action="store_true", help="also draw, per detection, what its query looked at in "
+                   "each decoder layer (explain/<image>_<rank>_query<q>.png; see docs/explain.md)")  # fmt: skip
     p.set_defaults(run=run_predict)
 
 
@@ -115,6 +117,7 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..visualization import draw_detections
 
     detector = load_inference_detector(args.model)
+    explainer = _explainer(detector) if args.explain else None
     inputs = _image_paths(args.images)
     drawings = _drawing_names([relative for _, relative in inputs])
     out = Path(args.output)
@@ -143,6 +146,8 @@ def run_predict(args: argparse.Namespace) -> int:
                 for label, score, box in zip(result["labels"], result["scores"], result["boxes"])
             ]  # fmt: skip
             found[str(path)] = {"drawing": drawing, "detections": detections}
+            if explainer is not None:
+                found[str(path)]["explanations"] = explainer(image, out, drawing, args.threshold)
     report = {"images": found, "errors": errors}
     (out / "detections.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     total = sum(len(entry["detections"]) for entry in found.values())
@@ -152,3 +157,21 @@ def run_predict(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     return 0
+
+
+def _explainer(detector):
+    """``--explain``: a function writing one picture per detection of an image, for detectors that can explain."""
+    from ..explain import explain_detections, explain_detector
+    from ..explain.figures import save_query_figures
+
+    try:
+        model, processor = explain_detector(detector)
+    except TypeError as error:
+        raise SystemExit(f"detr-hf predict --explain: {error}") from None
+
+    def explain(image, out: Path, drawing: str, threshold: float) -> list[str]:
+        explanation = explain_detections(model, processor, image, top_k=None, threshold=threshold)
+        stem = out / "explain" / drawing.removesuffix("_detections.png")
+        return [path.relative_to(out).as_posix() for path in save_query_figures(explanation, stem)]
+
+    return explain
