@@ -136,6 +136,14 @@ def test_detr_cross_attention_maps_per_layer_and_threshold():
     assert len(explanation.figures()) == len(explanation.queries)
 
 
+def test_the_visualization_module_offers_the_same_api():
+    from detr_hf import visualization
+
+    assert visualization.explain_detections is explain_detections
+    with pytest.raises(AttributeError):
+        visualization.no_such_name  # noqa: B018
+
+
 def test_explain_detector_refuses_detectors_without_a_torch_model():
     class OnnxLike:
         id2label = {0: "a"}
