@@ -67,9 +67,16 @@ class DeformableDetrModelOutput(ModelOutput):
 class DeformableDetrObjectDetectionOutput(DetrObjectDetectionOutput):
     """Output of [`DeformableDetrForObjectDetection`]: [`DetrObjectDetectionOutput`]'s fields (`cross_attentions`
     being deformable attention weights) and, with `output_attentions`, `sampling_locations` (see
-    [`DeformableDetrModelOutput`]); attentions cover the matching queries only."""
+    [`DeformableDetrModelOutput`]); attentions cover the matching queries only. With `output_attentions`, also per
+    decoder layer (matching queries only): `intermediate_reference_points`, the reference each layer samples around
+    (see [`DeformableDetrModelOutput`]), and what each layer predicts: `intermediate_logits` `(decoder_layers,
+    batch, queries, classes)` and `intermediate_pred_boxes` `(decoder_layers, batch, queries, 4)`, (cx, cy, w, h)
+    in [0, 1] of the unpadded image."""
 
     sampling_locations: tuple[Tensor, ...] | None = None
+    intermediate_reference_points: tuple[Tensor, ...] | None = None
+    intermediate_logits: Tensor | None = None
+    intermediate_pred_boxes: Tensor | None = None
 
 
 class DeformableDetrPreTrainedModel(DetrPreTrainedModel):
@@ -247,20 +254,26 @@ class DeformableDetrForObjectDetection(DeformableDetrPreTrainedModel):
             auxiliary_outputs=auxiliary_outputs,
             last_hidden_state=outputs.last_hidden_state,
             encoder_last_hidden_state=outputs.encoder_last_hidden_state,
-            **_matching_queries_attentions(outputs, num_denoising),
+            **_matching_queries_attentions(outputs, num_denoising, logits, boxes),
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if return_dict else output.to_tuple()
 
 
-def _matching_queries_attentions(outputs: DeformableDetrModelOutput, num_denoising: int) -> dict:
-    """The decoder's attentions without the denoising queries (none outside training)."""
+def _matching_queries_attentions(
+    outputs: DeformableDetrModelOutput, num_denoising: int, logits: list[Tensor], boxes: list[Tensor]
+) -> dict:
+    """The decoder's attentions and references without the denoising queries (none outside training), and the
+    matching queries' per-layer `logits` and `boxes`."""
     if outputs.cross_attentions is None:
         return {}
     return {
         "decoder_attentions": tuple(a[:, :, num_denoising:, num_denoising:] for a in outputs.decoder_attentions),
         "cross_attentions": tuple(a[:, num_denoising:] for a in outputs.cross_attentions),
         "sampling_locations": tuple(a[:, num_denoising:] for a in outputs.sampling_locations),
+        "intermediate_reference_points": tuple(r[:, num_denoising:] for r in outputs.intermediate_reference_points),
+        "intermediate_logits": torch.stack(logits),
+        "intermediate_pred_boxes": torch.stack(boxes),
     }
 
 

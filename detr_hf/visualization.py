@@ -111,3 +111,13 @@ def image_grid(images: Sequence[Any], columns: int = 4, padding: int = 2, backgr
         row, column = divmod(index, columns)
         grid.paste(tile, (padding + column * (cell_w + padding), padding + row * (cell_h + padding)))
     return grid
+
+
+def __getattr__(name: str) -> Any:
+    """``detr_hf.visualization.explain_detections`` (and its result types) from :mod:`detr_hf.explain`, imported on
+    first use so that drawing boxes does not load the models."""
+    if name in ("explain_detections", "Explanation", "QueryExplanation"):
+        from . import explain
+
+        return getattr(explain, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -74,9 +74,9 @@ def test_finetune_notebook_converts_trains_evaluates_predicts_and_hands_its_mode
     assert _image_count(notebook) >= 4
 
     attention = _execute(ATTENTION, folder)
-    assert f"{run}: DetrForObjectDetection" in _text(attention)  # the model it was handed
+    assert f"{run}: DeformableDetrForObjectDetection" in _text(attention)  # the model it was handed
     assert not (folder / "_work" / "attention").exists()  # so it trained none of its own
-    assert _image_count(attention) >= 4  # attention grids per image, query scatter, per-slot classes
+    assert _image_count(attention) == 5  # two detections on each of two images, the per-layer statistics
 
 
 def test_attention_notebook_trains_its_own_model_when_alone(smoke_env):
@@ -84,9 +84,11 @@ def test_attention_notebook_trains_its_own_model_when_alone(smoke_env):
     notebook = _execute(ATTENTION, folder)
     text = _text(notebook)
     assert (folder / "_work" / "attention" / "run" / "model.safetensors").is_file()
-    assert "DetrForObjectDetection, 10 queries, 3 decoder layers" in text
-    # two images' attention grids, the query-slot scatter and the per-slot class counts
-    assert _image_count(notebook) == 4
+    assert "DeformableDetrForObjectDetection, 10 queries, 3 decoder layers" in text
+    assert "sampling_points (3, 8, 3, 4, 2)" in text  # (layers, heads, levels, points, xy) of the first detection
+    # two detections on each of two images, sampling points per layer, and the per-layer statistics
+    assert _image_count(notebook) == 5
+    assert "layer 3: weight inside the box" in text
 
 
 @pytest.mark.parametrize("name", [FINETUNE, ATTENTION])

@@ -82,6 +82,8 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
                    "`detr-hf evaluate --report DIR --save-operating-point`")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=4)
     add_slice_arguments(p)
+    p.add_argument("--explain", action="store_true", help="also draw, per detection, what its query looked at in "
+                   "each decoder layer (explain/<image>_<rank>_query<q>.png; see docs/explain.md)")  # fmt: skip
     p.set_defaults(run=run_predict)
 
 
@@ -130,7 +132,12 @@ def run_predict(args: argparse.Namespace) -> int:
     from ..inference import load_inference_detector
     from ..visualization import draw_detections
 
-    detector = sliced_if_asked(load_inference_detector(args.model), args)
+    if args.explain and args.slice:
+        raise SystemExit("detr-hf predict: --explain draws one forward pass over the whole image; it can't explain "
+                         "detections merged from tiles (--slice). Use one or the other.")  # fmt: skip
+    detector = load_inference_detector(args.model)
+    explainer = _explainer(detector) if args.explain else None
+    detector = sliced_if_asked(detector, args)
     inputs = _image_paths(args.images)
     drawings = _drawing_names([relative for _, relative in inputs])
     out = Path(args.output)
@@ -159,6 +166,8 @@ def run_predict(args: argparse.Namespace) -> int:
                 for label, score, box in zip(result["labels"], result["scores"], result["boxes"])
             ]  # fmt: skip
             found[str(path)] = {"drawing": drawing, "detections": detections}
+            if explainer is not None:
+                found[str(path)]["explanations"] = explainer(image, out, drawing, args.threshold)
     report = {"images": found, "errors": errors}
     (out / "detections.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     total = sum(len(entry["detections"]) for entry in found.values())
@@ -168,3 +177,21 @@ def run_predict(args: argparse.Namespace) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     return 0
+
+
+def _explainer(detector):
+    """``--explain``: a function writing one picture per detection of an image, for detectors that can explain."""
+    from ..explain import explain_detections, explain_detector
+    from ..explain.figures import save_query_figures
+
+    try:
+        model, processor = explain_detector(detector)
+    except TypeError as error:
+        raise SystemExit(f"detr-hf predict --explain: {error}") from None
+
+    def explain(image, out: Path, drawing: str, threshold: float) -> list[str]:
+        explanation = explain_detections(model, processor, image, top_k=None, threshold=threshold)
+        stem = out / "explain" / drawing.removesuffix("_detections.png")
+        return [path.relative_to(out).as_posix() for path in save_query_figures(explanation, stem)]
+
+    return explain

@@ -193,6 +193,9 @@ def test_attentions_of_training_cover_the_matching_queries_and_hidden_states_are
     outputs = model(pixels, pixel_mask=mask, labels=random_labels([3]), output_attentions=True)
     assert outputs.cross_attentions[-1].shape[1] == outputs.sampling_locations[-1].shape[1] == config.num_queries
     assert outputs.decoder_attentions[-1].shape[-2:] == (config.num_queries, config.num_queries)
+    assert outputs.intermediate_reference_points[-1].shape[1] == config.num_queries
+    assert outputs.intermediate_pred_boxes.shape == (config.decoder_layers, 1, config.num_queries, 4)
+    torch.testing.assert_close(outputs.intermediate_pred_boxes[-1], outputs.pred_boxes)
     with pytest.raises(ValueError, match="output_hidden_states"):
         model(pixels, pixel_mask=mask, output_hidden_states=True)
     detr = DetrForObjectDetection(DetrConfig(backbone_config=ResNetConfig(**TINY_RESNET), **TINY_DETR))
