@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from .. import __version__
 from ..data.report import DatasetValidationError
 from .data import add_convert, add_inspect
+from .export import add_export
 from .model import add_evaluate, add_predict
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -28,6 +29,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_inspect,
     add_evaluate,
     add_predict,
+    add_export,
 ]
 
 

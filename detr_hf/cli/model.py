@@ -18,7 +18,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="COCO metrics of a trained model on a dataset split")
-    p.add_argument("--model", required=True, help="model folder or Hub id")
+    p.add_argument("--model", required=True, help="model folder or Hub id, or an ONNX export (folder or .onnx)")
     p.add_argument("--data", required=True, help="anything load_detection_dataset reads (folder, COCO json, Hub)")
     p.add_argument("--format", default="auto", help="annotation format of --data (default: auto)")
     p.add_argument("--split", default="validation", help="split to evaluate (default: validation)")
@@ -31,14 +31,20 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..data import load_detection_dataset
-    from ..evaluation import eval_dataloader, evaluate_detector, format_metrics_table
+    from ..evaluation import eval_dataloader, evaluate_detector, evaluate_images, format_metrics_table
+    from ..inference import TorchDetector, load_inference_detector
+    from ..onnx.runtime import is_onnx_source
 
-    model, processor = load_detector(args.model)
+    onnx = is_onnx_source(args.model)
+    detector = load_inference_detector(args.model) if onnx else TorchDetector(*load_detector(args.model))
     dataset = load_detection_dataset(args.data, format=args.format, verbose=False)
     if args.split not in dataset:
         raise SystemExit(f"detr-hf evaluate: split {args.split!r} is not in {args.data} (splits: {list(dataset)})")
-    loader = eval_dataloader(dataset[args.split], processor, args.batch_size)
-    metrics, evaluator = evaluate_detector(model, processor, loader, dataset[args.split])
+    if isinstance(detector, TorchDetector):  # batches resized by the evaluation dataloader, as in training
+        loader = eval_dataloader(dataset[args.split], detector.processor, args.batch_size)
+        metrics, evaluator = evaluate_detector(detector.model, detector.processor, loader, dataset[args.split])
+    else:  # any other Detector (ONNX Runtime) resizes each image itself
+        metrics, evaluator = evaluate_images(detector, dataset[args.split], args.batch_size)
     print(format_metrics_table(metrics))
     if args.output:
         out = Path(args.output)
@@ -61,7 +67,7 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
         "is named on stderr and skipped; the others are still processed and saved. Exit status: 0, or 1 when any "
         "image did not decode.",
     )
-    p.add_argument("--model", required=True, help="model folder or Hub id")
+    p.add_argument("--model", required=True, help="model folder or Hub id, or an ONNX export (folder or .onnx)")
     p.add_argument("images", nargs="+", help="image files or folders of images (searched recursively)")
     p.add_argument("--output", "-o", required=True, help="folder for the drawn images and detections.json")
     p.add_argument("--threshold", type=float, default=0.5, help="minimum score (default 0.5)")
