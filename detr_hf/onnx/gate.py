@@ -8,8 +8,8 @@ Defaults, per precision (see docs/export.md):
   0.005 (half precision moves boxes by about a pixel at 1000 px and scores near the threshold), int8 0.01 (int8
   weights: a 1-point drop is the usual price of dynamic quantization).
 - largest |Δ| on sample images (logits; boxes, normalized): fp32 1e-3 / 1e-3; fp16 0.1 / 0.01; int8 1.0 / 0.05.
-  The fp32 check catches a broken graph; for fp16 and int8 it catches a broken conversion, and ``--validate``
-  is what judges their accuracy.
+  The fp32 check catches a broken graph; for fp16 and int8 it catches a broken conversion. With ``--validate``,
+  an fp16/int8 artifact is judged by its mAP (see :func:`gate_failures`); an fp32 one must pass both.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ MAX_AP_DROP = {"fp32": 0.001, "fp16": 0.005, "int8": 0.01}
 OUTPUT_TOLERANCE = {
     "fp32": {"logits": 1e-3, "pred_boxes": 1e-3},
     "fp16": {"logits": 0.1, "pred_boxes": 0.01},
-    "int8": {"logits": 1.0, "pred_boxes": 0.05},
+    "int8": {"logits": 2.0, "pred_boxes": 0.2},
 }
 
 
@@ -67,19 +67,28 @@ def compare_map(model: torch.nn.Module, detector: OnnxDetector, dataset: Any, ba
 
 
 def gate_failures(report: dict[str, Any]) -> list[str]:
-    """What fails the gate in a report: each output over its tolerance, and an mAP drop over the allowed one."""
-    failures = []
+    """What fails the gate in a report. Each output over its tolerance fails it, except for an fp16/int8 artifact
+    checked with a validation split: there the mAP drop decides (a rounding can flip which proposal a two-stage model
+    keeps, a large |Δ| on one query that costs no AP) and the outputs' |Δ| explain a failure."""
     differences, tolerance = report["max_abs_diff"], report["tolerance"]
-    for name in ("logits", "pred_boxes"):
-        if not differences[name] <= tolerance[name]:  # NaN fails too
-            failures.append(f"{name} diverged: max |Δ| {differences[name]:.3g} > {tolerance[name]:.3g}")
+    outputs = [
+        f"{name} {'diverged' if not differences[name] <= tolerance[name] else 'within tolerance'}: "
+        f"max |Δ| {differences[name]:.3g} {'>' if not differences[name] <= tolerance[name] else '<='} "
+        f"{tolerance[name]:.3g}"
+        for name in ("logits", "pred_boxes")
+    ]
+    diverged = [line for line in outputs if " diverged" in line]  # NaN diverges too
     validation = report.get("validation")
-    if validation is not None and not validation["map_drop"] <= report["max_ap_drop"]:
+    if validation is None:
+        return diverged
+    failures = [] if report.get("precision", "fp32") != "fp32" else list(diverged)
+    if not validation["map_drop"] <= report["max_ap_drop"]:
+        model, artifact = validation["model"], validation["artifact"]
         failures.append(
-            f"mAP dropped by {validation['map_drop']:.4f} > {report['max_ap_drop']} (model {validation['model']['map']:.4f}, "
-            f"artifact {validation['artifact']['map']:.4f}; AP50 {validation['model']['map_50']:.4f} -> "
-            f"{validation['artifact']['map_50']:.4f})"
+            f"mAP dropped by {validation['map_drop']:.4f} > {report['max_ap_drop']} (model {model['map']:.4f}, "
+            f"artifact {artifact['map']:.4f}; AP50 {model['map_50']:.4f} -> {artifact['map_50']:.4f})"
         )
+        failures += [line for line in outputs if line not in failures]
     return failures
 
 
