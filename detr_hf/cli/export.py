@@ -53,7 +53,9 @@ def run_export(args: argparse.Namespace) -> int:
 
         dataset = load_detection_dataset(args.validate, format=args.format, verbose=False)
         if args.split not in dataset:
-            raise SystemExit(f"detr-hf export: split {args.split!r} is not in {args.validate} (splits: {list(dataset)})")
+            raise SystemExit(
+                f"detr-hf export: split {args.split!r} is not in {args.validate} (splits: {list(dataset)})"
+            )
         validation = dataset[args.split]
     settings = export_folder(
         model,

@@ -180,7 +180,8 @@ def export_folder(
         "inputs": {
             "pixel_values": ["batch" if dynamic_batch else 1, channels]
             + (["height", "width"] if dynamic_size else list(image_size)),
-            "pixel_mask": ["batch" if dynamic_batch else 1] + (["height", "width"] if dynamic_size else list(image_size)),
+            "pixel_mask": ["batch" if dynamic_batch else 1]
+            + (["height", "width"] if dynamic_size else list(image_size)),
         },
         "outputs": {"logits": ["batch", "queries", "classes"], "pred_boxes": ["batch", "queries", 4]},
     }

@@ -1,7 +1,7 @@
 """Running an exported detector with ONNX Runtime: :class:`OnnxDetector`, a :class:`~detr_hf.inference.Detector`.
 
-    detector = OnnxDetector("runs/aerial/onnx")        # or ".../model.onnx"; no PyTorch weights needed
-    results = detector(images, threshold=0.5)          # [{"scores", "labels", "boxes" xyxy pixels}] per image
+detector = OnnxDetector("runs/aerial/onnx")        # or ".../model.onnx"; no PyTorch weights needed
+results = detector(images, threshold=0.5)          # [{"scores", "labels", "boxes" xyxy pixels}] per image
 """
 
 from __future__ import annotations

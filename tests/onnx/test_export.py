@@ -10,17 +10,22 @@ import torch
 from conftest import TINY_DETR, TINY_RESNET, padded_batch
 from transformers import ResNetConfig
 
-from detr_hf import DeformableDetrConfig, DeformableDetrForObjectDetection, DetrConfig, DetrForObjectDetection
-from detr_hf import DetrImageProcessor
+from detr_hf import (
+    DeformableDetrConfig,
+    DeformableDetrForObjectDetection,
+    DetrConfig,
+    DetrForObjectDetection,
+    DetrImageProcessor,
+)
 from detr_hf.cli import main
 from detr_hf.data import make_synthetic_dataset
 
 pytest.importorskip("onnxruntime")
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
+import onnx
+import onnxruntime as ort
 
-from detr_hf.inference import TorchDetector, load_inference_detector  # noqa: E402
-from detr_hf.onnx import ExportGateError, OnnxDetector, export_folder, export_graph, gate_artifact, gate_failures  # noqa: E402
+from detr_hf.inference import TorchDetector, load_inference_detector
+from detr_hf.onnx import ExportGateError, OnnxDetector, export_folder, export_graph, gate_artifact, gate_failures
 
 CLASSES = {0: "circle", 1: "square", 2: "triangle"}
 DINO_BACKBONE = {
@@ -53,7 +58,10 @@ def max_differences(session: ort.InferenceSession, model: torch.nn.Module, sizes
     with torch.no_grad():
         reference = model(pixel_values=pixels, pixel_mask=mask)
     logits, boxes = session.run(None, {"pixel_values": pixels.numpy(), "pixel_mask": mask.numpy()})
-    return [float(np.abs(logits - reference.logits.numpy()).max()), float(np.abs(boxes - reference.pred_boxes.numpy()).max())]
+    return [
+        float(np.abs(logits - reference.logits.numpy()).max()),
+        float(np.abs(boxes - reference.pred_boxes.numpy()).max()),
+    ]
 
 
 def test_detr_round_trips_with_dynamic_batch_and_size(tmp_path):
@@ -94,7 +102,9 @@ def test_gate_passes_a_good_artifact_and_fails_a_corrupted_one(tmp_path):
     model = tiny_detr()
     settings = export_folder(model, processor(), tmp_path / "onnx", dynamic_batch=True)
     report = gate_artifact(model, tmp_path / "onnx", settings=settings)
-    assert report["passed"] and report["max_abs_diff"]["logits"] < 1e-4 and report["inputs"]["pixel_values"][0] == "batch"
+    assert (
+        report["passed"] and report["max_abs_diff"]["logits"] < 1e-4 and report["inputs"]["pixel_values"][0] == "batch"
+    )
     corrupt_one_weight(tmp_path / "onnx" / "model.onnx")
     with pytest.raises(ExportGateError, match="logits diverged") as error:
         gate_artifact(model, tmp_path / "onnx", settings=settings)
@@ -113,7 +123,10 @@ def test_gate_fails_on_an_map_drop_beyond_the_allowed_one():
     }  # fmt: skip
     failures = gate_failures(report)
     assert len(failures) == 3 and "mAP dropped by 0.0100" in failures[0]  # with what the outputs did
-    assert failures[1:] == ["logits within tolerance: max |Δ| 2e-06 <= 0.001", "pred_boxes within tolerance: max |Δ| 1e-07 <= 0.001"]
+    assert failures[1:] == [
+        "logits within tolerance: max |Δ| 2e-06 <= 0.001",
+        "pred_boxes within tolerance: max |Δ| 1e-07 <= 0.001",
+    ]
     report["validation"]["map_drop"] = 0.0005
     assert gate_failures(report) == []
     report["max_abs_diff"]["pred_boxes"] = float("nan")
@@ -140,7 +153,9 @@ def saved(tmp_path_factory):
 
 def test_cli_export_validates_and_predict_matches_pytorch(saved, capsys):
     out = saved / "onnx"
-    assert main(["export", "--model", str(saved / "model"), "--output", str(out), "--validate", str(saved / "data")]) == 0
+    assert (
+        main(["export", "--model", str(saved / "model"), "--output", str(out), "--validate", str(saved / "data")]) == 0
+    )
     report = json.loads((out / "export_report.json").read_text(encoding="utf-8"))
     assert report["passed"] and report["validation"]["images"] == 4 and abs(report["validation"]["map_drop"]) <= 0.001
     assert report["opset"] == 17 and report["inputs"]["pixel_values"] == [1, 3, "height", "width"]
@@ -186,6 +201,6 @@ def test_int8_and_fp16_artifacts_are_gated(tmp_path, precision):
     expected = onnx.TensorProto.INT8 if precision == "int8" else onnx.TensorProto.FLOAT16
     assert expected in kinds
     report = gate_artifact(model, tmp_path, precision, settings=settings)
-    assert report["passed"] and report["precision"] == precision and 0 < report["max_abs_diff"]["logits"]
+    assert report["passed"] and report["precision"] == precision and report["max_abs_diff"]["logits"] > 0
     with pytest.raises(ExportGateError, match="logits diverged"):  # the same gate, with a tolerance it cannot meet
         gate_artifact(model, tmp_path, precision, tolerance={"logits": 1e-9})
