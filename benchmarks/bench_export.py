@@ -1,8 +1,9 @@
 """ONNX export: latency and peak memory of eager PyTorch against ONNX Runtime fp32/int8, and each artifact's accuracy.
 
 Speed (random weights, no download), batch 1, `--threads` threads, each case in its own process (peak RSS from
-the first warm-up call on: weights and activations): transformers' DETR-R50 eager, ours eager fp32, ours ONNX Runtime fp32 and int8, at 800x1066; ours eager
-and ONNX Runtime fp32/int8 for the dino_like preset (R50) at 640x640. Median of `--repeats` calls after 2 warm-ups.
+the first warm-up call on: weights and activations): transformers' DETR-R50 eager, ours eager fp32, ours ONNX
+Runtime fp32 and int8, at 800x1066; ours eager and ONNX Runtime fp32/int8 for the dino_like preset (R50) at 640x640.
+Median of `--repeats` calls after 2 warm-ups. The int8 graph is converted from the fp32 one, not traced again.
 
 Accuracy: a small DETR and a small dino_like trained for `--train-steps` steps on synthetic shapes, exported at fp32,
 fp16 and int8 and gated with the validation split: max |Δ| of logits/boxes and the mAP drop of each artifact.

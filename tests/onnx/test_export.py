@@ -53,8 +53,8 @@ def processor() -> DetrImageProcessor:
     return DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
 
 
-def max_differences(session: ort.InferenceSession, model: torch.nn.Module, sizes: list, seed: int) -> list[float]:
-    pixels, mask = padded_batch(sizes, seed=seed)
+def differences(session: ort.InferenceSession, model: torch.nn.Module, pixels, mask) -> list[float]:
+    """Largest |Δ| of logits and boxes between the ONNX session and the model on one batch."""
     with torch.no_grad():
         reference = model(pixel_values=pixels, pixel_mask=mask)
     logits, boxes = session.run(None, {"pixel_values": pixels.numpy(), "pixel_mask": mask.numpy()})
@@ -62,6 +62,10 @@ def max_differences(session: ort.InferenceSession, model: torch.nn.Module, sizes
         float(np.abs(logits - reference.logits.numpy()).max()),
         float(np.abs(boxes - reference.pred_boxes.numpy()).max()),
     ]
+
+
+def max_differences(session: ort.InferenceSession, model: torch.nn.Module, sizes: list, seed: int) -> list[float]:
+    return differences(session, model, *padded_batch(sizes, seed=seed))
 
 
 def test_detr_round_trips_with_dynamic_batch_and_size(tmp_path):
@@ -73,17 +77,23 @@ def test_detr_round_trips_with_dynamic_batch_and_size(tmp_path):
     assert max(max_differences(session, model, [(96, 72), (48, 112), (60, 60)], seed=2)) < 1e-4  # other sizes
 
 
-def test_dino_like_round_trips_with_dynamic_batch(tmp_path):
+@pytest.mark.parametrize("dynamic_batch", [True, False])
+def test_dino_like_round_trips(tmp_path, dynamic_batch):
     model = tiny_dino()
-    example = padded_batch([(64, 96), (80, 64)])  # padded into 80x96, the graph's size
-    path = export_graph(model, example, tmp_path / "dino.onnx", dynamic_batch=True)
+    example = padded_batch([(64, 96), (80, 64)] if dynamic_batch else [(80, 96)])  # 80x96: the graph's size
+    path = export_graph(model, example, tmp_path / "model.onnx", dynamic_batch=dynamic_batch)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"GridSample", "TopK"} <= ops  # deformable sampling and DINO's query selection are in the graph
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert max(max_differences(session, model, [(64, 96), (80, 64)], seed=1)) < 1e-4
-    assert max(max_differences(session, model, [(80, 96), (40, 70), (72, 50)], seed=2)) < 1e-4
-    with pytest.raises(ValueError, match="one image size"):
-        export_graph(model, example, tmp_path / "no.onnx", dynamic_size=True)
+    if dynamic_batch:
+        assert max(max_differences(session, model, [(64, 96), (80, 64)], seed=1)) < 1e-4  # the padded batch
+        assert max(max_differences(session, model, [(80, 96), (40, 70), (72, 50)], seed=2)) < 1e-4
+        with pytest.raises(ValueError, match="one image size"):
+            export_graph(model, example, tmp_path / "no.onnx", dynamic_size=True)
+    else:  # batch 1: a padded image and a full one, one at a time
+        pixels, mask = padded_batch([(64, 50), (80, 96)], seed=1)
+        for i in range(2):
+            assert max(differences(session, model, pixels[i : i + 1], mask[i : i + 1])) < 1e-4
 
 
 def corrupt_one_weight(path) -> str:
