@@ -3,7 +3,8 @@
 Speed (random weights, no download), batch 1, `--threads` threads, each case in its own process (peak RSS from
 the first warm-up call on: weights and activations): transformers' DETR-R50 eager, ours eager fp32, ours ONNX
 Runtime fp32 and int8, at 800x1066; ours eager and ONNX Runtime fp32/int8 for the dino_like preset (R50) at 640x640.
-Median of `--repeats` calls after 2 warm-ups. The int8 graph is converted from the fp32 one, not traced again.
+Median of `--repeats` calls after 2 warm-ups. The int8 graphs are converted from the fp32 one, not traced again:
+`int8` as `detr-hf export --precision int8` (MatMul/Gemm), and `int8 (+Conv)` with the convolutions quantized too.
 
 Accuracy: a small DETR and a small dino_like trained for `--train-steps` steps on synthetic shapes, exported at fp32,
 fp16 and int8 and gated with the validation split: max |Δ| of logits/boxes and the mAP drop of each artifact.
@@ -101,10 +102,13 @@ def peak_memory_mb() -> float:
 
 def convert_folder(fp32: Path, target: Path, precision: str) -> None:
     """A copy of the fp32 export folder `fp32` at `precision` (converted from its graph, not traced again)."""
-    from detr_hf.onnx.precision import convert_precision
+    from detr_hf.onnx.precision import INT8_OPS, convert_precision, to_int8
 
     shutil.copytree(fp32, target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.onnx", "export_report.json"))
-    convert_precision(fp32 / "model.onnx", target / "model.onnx", precision)
+    if precision == "int8conv":
+        to_int8(fp32 / "model.onnx", target / "model.onnx", op_types=[*INT8_OPS, "Conv"])
+    else:
+        convert_precision(fp32 / "model.onnx", target / "model.onnx", precision)
 
 
 def export_speed_artifacts(folder: Path, quick: bool) -> None:
@@ -115,11 +119,14 @@ def export_speed_artifacts(folder: Path, quick: bool) -> None:
         size = SIZES[family] if not quick else (320, 426)
         export_folder(build(family), DetrImageProcessor(), folder / f"{family}_ort-fp32", image_size=size)
         convert_folder(folder / f"{family}_ort-fp32", folder / f"{family}_ort-int8", "int8")
+        # int8 convolutions too (ConvInteger): does quantizing the backbone pay on this CPU?
+        convert_folder(folder / f"{family}_ort-fp32", folder / f"{family}_ort-int8conv", "int8conv")
 
 
 def speed_table(args: argparse.Namespace, folder: Path) -> list[str]:
     cases = [("detr", "transformers"), ("detr", "eager"), ("detr", "ort-fp32"), ("detr", "ort-int8"),
-             ("dino", "eager"), ("dino", "ort-fp32"), ("dino", "ort-int8")]  # fmt: skip
+             ("detr", "ort-int8conv"), ("dino", "eager"), ("dino", "ort-fp32"), ("dino", "ort-int8"),
+             ("dino", "ort-int8conv")]  # fmt: skip
     rows = ["| model | size | runtime | latency (s) | peak RSS (MB) |", "|---|---|---|---|---|"]
     for family, runtime in cases:
         command = [sys.executable, __file__, "--case", family, runtime, str(folder), "--threads", str(args.threads),
@@ -128,7 +135,11 @@ def speed_table(args: argparse.Namespace, folder: Path) -> list[str]:
         result = json.loads(out)
         size = "x".join(map(str, SIZES[family] if not args.quick else (320, 426)))
         name = "DETR-R50" if family == "detr" else "dino_like R50"
-        label = {"transformers": "transformers eager", "eager": "detr_hf eager"}.get(runtime, runtime.replace("-", " "))
+        label = {
+            "transformers": "transformers eager",
+            "eager": "detr_hf eager",
+            "ort-int8conv": "ort int8 (+Conv)",
+        }.get(runtime, runtime.replace("-", " "))
         rows.append(f"| {name} | {size} | {label} | {result['seconds']:.3f} | {result['peak_mb']:.0f} |")
         print(rows[-1], flush=True)
     return rows
