@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_export(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +47,8 @@ def run_export(args: argparse.Namespace) -> int:
     from ..onnx import ExportGateError, export_folder, gate_artifact
     from ..pretrained import load_detector
 
+    if Path(args.output).resolve() == Path(args.model).resolve():
+        raise SystemExit("detr-hf export: --output must be a folder of its own (the export writes its own processor)")
     model, processor = load_detector(args.model)
     validation = None
     if args.validate:
