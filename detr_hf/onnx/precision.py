@@ -28,6 +28,7 @@ FP16_KEEP_FP32 = [
     "TopK",
     "GridSample",
     "Resize",
+    "Range",  # ONNX Range has no fp16 type
 ]
 INT8_OPS = ["MatMul", "Gemm"]
 
