@@ -156,7 +156,8 @@ class DetrModel(DetrPreTrainedModel):
         memory = self.input_projection(feature_map).flatten(2).transpose(1, 2).contiguous()
         if mask is None:
             mask = torch.ones(batch, height, width, dtype=torch.bool, device=memory.device)
-        padded = not bool(mask.all())
+        # An exported graph keeps the padded path, which is exact for unpadded inputs too (no data-dependent branch).
+        padded = torch.compiler.is_exporting() or torch.jit.is_tracing() or not bool(mask.all())
         pos = sine_position_embedding(mask if padded else mask[:1], self.config.d_model // 2).to(memory.dtype)
         key_mask = mask.flatten(1) if padded else None
         memory, encoder_attentions = self.encoder(memory, pos, key_mask, output_attentions)

@@ -22,6 +22,7 @@ from .. import __version__
 from ..data.report import DatasetValidationError
 from .check import add_check
 from .data import add_convert, add_inspect
+from .export import add_export
 from .model import add_evaluate, add_predict
 
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -30,6 +31,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_evaluate,
     add_predict,
     add_check,
+    add_export,
 ]
 
 

@@ -20,7 +20,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("evaluate", help="COCO metrics of a trained model on a dataset split")
-    p.add_argument("--model", required=True, help="model folder or Hub id")
+    p.add_argument("--model", required=True, help="model folder or Hub id, or an ONNX export (folder or .onnx)")
     p.add_argument("--data", required=True, help="anything load_detection_dataset reads (folder, COCO json, Hub)")
     p.add_argument("--format", default="auto", help="annotation format of --data (default: auto)")
     p.add_argument("--split", default="validation", help="split to evaluate (default: validation)")
@@ -35,22 +35,25 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..data import load_detection_dataset
-    from ..evaluation import eval_dataloader, evaluate_detector, format_metrics_table, query_budget
+    from ..evaluation import eval_dataloader, evaluate_detector, evaluate_images, format_metrics_table, query_budget
+    from ..inference import TorchDetector, load_inference_detector
+    from ..onnx.runtime import is_onnx_source
 
-    model, processor = load_detector(args.model)
+    onnx = is_onnx_source(args.model)
+    detector = load_inference_detector(args.model) if onnx else TorchDetector(*load_detector(args.model))
     dataset = load_detection_dataset(args.data, format=args.format, verbose=False)
     if args.split not in dataset:
         raise SystemExit(f"detr-hf evaluate: split {args.split!r} is not in {args.data} (splits: {list(dataset)})")
-    budget = query_budget(model.config)
-    if args.slice:  # full images, tiled: each image through the sliced detector
-        from ..evaluation import evaluate_images
-        from ..inference import TorchDetector
-
-        detector = sliced_if_asked(TorchDetector(model, processor), args)
+    # COCO's maxDets at the query budget when above 100 (dense scenes); an ONNX artifact keeps post-processing's 100
+    budget = query_budget(detector.model.config) if isinstance(detector, TorchDetector) else 100
+    if isinstance(detector, TorchDetector) and not args.slice:  # batches resized by the evaluation dataloader
+        loader = eval_dataloader(dataset[args.split], detector.processor, args.batch_size)
+        metrics, evaluator = evaluate_detector(
+            detector.model, detector.processor, loader, dataset[args.split], max_detections=budget
+        )
+    else:  # any other Detector (ONNX Runtime, sliced inference) resizes or tiles each image itself
+        detector = sliced_if_asked(detector, args)
         metrics, evaluator = evaluate_images(detector, dataset[args.split], args.batch_size, max_detections=budget)
-    else:
-        loader = eval_dataloader(dataset[args.split], processor, args.batch_size)
-        metrics, evaluator = evaluate_detector(model, processor, loader, dataset[args.split], max_detections=budget)
     print(format_metrics_table(metrics))
     if args.output:
         out = Path(args.output)
@@ -74,7 +77,7 @@ def add_predict(subparsers: argparse._SubParsersAction) -> None:
         "is named on stderr and skipped; the others are still processed and saved. Exit status: 0, or 1 when any "
         "image did not decode.",
     )
-    p.add_argument("--model", required=True, help="model folder or Hub id")
+    p.add_argument("--model", required=True, help="model folder or Hub id, or an ONNX export (folder or .onnx)")
     p.add_argument("images", nargs="+", help="image files or folders of images (searched recursively)")
     p.add_argument("--output", "-o", required=True, help="folder for the drawn images and detections.json")
     p.add_argument("--threshold", type=threshold_value, default=0.5,

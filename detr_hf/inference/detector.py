@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -74,7 +75,13 @@ class TorchDetector:
 
 
 def load_inference_detector(source: str) -> Detector:
-    """The :class:`Detector` for a model folder or Hub id that :func:`detr_hf.pretrained.load_detector` loads."""
+    """The :class:`Detector` for a model folder or Hub id that :func:`detr_hf.pretrained.load_detector` loads, or an
+    :class:`~detr_hf.onnx.OnnxDetector` for an ``.onnx`` file or a ``detr-hf export`` folder."""
     from ..pretrained import load_detector
+
+    if str(source).lower().endswith(".onnx") or (Path(source) / "model.onnx").is_file():
+        from ..onnx import OnnxDetector
+
+        return OnnxDetector(source)
 
     return TorchDetector(*load_detector(source))

@@ -43,6 +43,8 @@ def _fused_inference_dtype(x: Tensor, conv: nn.Conv2d) -> torch.dtype | None:
     applies: CPU inference (no autograd) in fp32 or bf16 (also under autocast); None otherwise."""
     if x.device.type != "cpu" or torch.is_grad_enabled() or not torch.backends.mkldnn.is_available():
         return None
+    if torch.jit.is_tracing() or torch.compiler.is_exporting():  # ONNX has no oneDNN op: export the plain graph
+        return None
     if not isinstance(conv.padding, tuple) or conv.padding_mode != "zeros":
         return None
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype

@@ -26,19 +26,19 @@ def multi_scale_deformable_attention(
     Returns:
         `(batch, queries, heads * head_dim)`.
     """
-    batch, _, heads, head_dim = value.shape
-    queries = sampling_locations.shape[1]
+    heads = value.shape[2]
     per_level = value.split([h * w for h, w in spatial_shapes], dim=1)
     grids = 2 * sampling_locations - 1  # grid_sample's [-1, 1]
     weights = attention_weights.transpose(1, 2).flatten(0, 1)  # (batch * heads, queries, levels, points)
     out = 0
     # Level by level: stacking every level's samples first costs a copy and, past 32 MB, fresh pages on each call.
     for level, (height, width) in enumerate(spatial_shapes):
-        level_value = per_level[level].permute(0, 2, 3, 1).reshape(batch * heads, head_dim, height, width)
+        level_value = per_level[level].permute(0, 2, 3, 1).flatten(0, 1).unflatten(-1, (height, width))
         level_grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (batch * heads, queries, points, 2)
         samples = F.grid_sample(level_value, level_grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         out = out + (samples * weights[:, None, :, level]).sum(-1)  # (batch * heads, head_dim, queries)
-    return out.view(batch, heads * head_dim, queries).transpose(1, 2)
+    # unflatten/flatten rather than view(batch, ...): a traced ONNX graph then keeps the batch dynamic
+    return out.unflatten(0, (-1, heads)).flatten(1, 2).transpose(1, 2)
 
 
 class MultiScaleDeformableAttention(nn.Module):

@@ -37,9 +37,10 @@ def _encoder_reference_points(shapes: list[tuple[int, int]], ratios: Tensor) -> 
     """Each feature cell's centre, normalized to its image's unpadded extent: `(batch, tokens, levels, 2)`."""
     points = []
     for level, (height, width) in enumerate(shapes):
+        # arange + 0.5 is linspace(0.5, size - 0.5, size) exactly, and exports to ONNX in fp32 (linspace: in fp64)
         y, x = torch.meshgrid(
-            torch.linspace(0.5, height - 0.5, height, device=ratios.device),
-            torch.linspace(0.5, width - 0.5, width, device=ratios.device),
+            torch.arange(height, dtype=ratios.dtype, device=ratios.device) + 0.5,
+            torch.arange(width, dtype=ratios.dtype, device=ratios.device) + 0.5,
             indexing="ij",
         )
         y = y.reshape(-1)[None] / (ratios[:, None, level, 1] * height)

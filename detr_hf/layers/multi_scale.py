@@ -50,7 +50,8 @@ def flatten_levels(
         1,
     ).to(memory.dtype)
     mask = torch.cat([m.flatten(1) for m in masks], 1)
-    return memory, pos, None if bool(mask.all()) else mask, shapes
+    exporting = torch.compiler.is_exporting() or torch.jit.is_tracing()  # an exported graph keeps the mask
+    return memory, pos, None if not exporting and bool(mask.all()) else mask, shapes
 
 
 __all__ = ["flatten_levels", "input_projections"]
