@@ -1,6 +1,6 @@
 """Whether bf16 pays on this CPU: native bf16 instructions (AVX512-BF16, AMX; bf16 on Arm) make bf16 autocast and
 `mixed_precision: bf16` faster than fp32; without them oneDNN emulates bf16 (AVX-512 CPUs) or PyTorch falls back to
-slow kernels (AVX2 CPUs), and bf16 is slower than fp32 (0.24x measured on an AVX2 AMD EPYC, docs/benchmarks.md)."""
+slow kernels (AVX2 CPUs), and bf16 is slower than fp32 (7x slower measured on an AVX2 AMD EPYC, docs/training.md)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def warn_if_bf16_is_slow(what: str) -> bool:
     how = "oneDNN emulates it with AVX-512" if support == "emulated" else "it has no bf16 kernels (no AVX-512)"
     warnings.warn(
         f"{what} on a CPU without native bf16 (no AVX512-BF16 or AMX: {how}): bf16 is slower than fp32 here "
-        "(0.24x measured on an AVX2 AMD EPYC). Use fp32 on this CPU; bf16 speeds up CPUs with AVX512-BF16 or AMX "
+        "(7x slower in inference on an AVX2 AMD EPYC). Use fp32 on this CPU; bf16 speeds up CPUs with AVX512-BF16 or AMX "
         "(AMD Zen4 and later, Intel Cooper Lake, Sapphire Rapids and later), see docs/training.md.",
         SlowBf16Warning,
         stacklevel=2,

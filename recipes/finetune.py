@@ -9,7 +9,8 @@
 Every option is in `detr_hf.training.TrainingConfig`; `--key value` overrides the YAML file, unknown keys fail.
 Outputs in `output_dir` (which must be empty unless resuming or --overwrite_output_dir true): the model and image
 processor, README.md (model card), eval_results.json, train_results.json, train_log.jsonl (learning rates and gradient
-norm of every optimizer step, the loss every logging_steps), loss_curve.png, resolved_config.yaml, best/, checkpoints/
+norm of every optimizer step, the loss every logging_steps), loss_curve.png, validation_predictions.png (the card's
+examples), resolved_config.yaml, best/, checkpoints/
 (Accelerate states, for --resume_from_checkpoint; latest_checkpoint.txt names the newest one of the run).
 
 This file is the loop: set up, load the data, build the model, prepare the training, then train epoch by epoch
