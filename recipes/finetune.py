@@ -9,7 +9,8 @@
 Every option is in `detr_hf.training.TrainingConfig`; `--key value` overrides the YAML file, unknown keys fail.
 Outputs in `output_dir` (which must be empty unless resuming or --overwrite_output_dir true): the model and image
 processor, README.md (model card), eval_results.json, train_results.json, train_log.jsonl (learning rates and gradient
-norm of every optimizer step, the loss every logging_steps), loss_curve.png, resolved_config.yaml, best/, checkpoints/
+norm of every optimizer step, the loss every logging_steps), loss_curve.png, validation_predictions.png (the card's
+examples), resolved_config.yaml, best/, checkpoints/
 (Accelerate states, for --resume_from_checkpoint; latest_checkpoint.txt names the newest one of the run).
 
 This file is the loop: set up, load the data, build the model, prepare the training, then train epoch by epoch
@@ -26,7 +27,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +36,13 @@ from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, broadcast_object_list, set_seed
 from datasets import Dataset, DatasetDict
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from detr_hf.data import class_names_of, load_detection_dataset, make_synthetic_dataset
 from detr_hf.evaluation import eval_dataloader, evaluate_detector, format_metrics_table, query_budget
 from detr_hf.evaluation.report import report_after_training
 from detr_hf.families.loading import set_input_size
 from detr_hf.health import log_dataset_health
+from detr_hf.precision import warn_if_bf16_is_slow
 from detr_hf.training import (
     LATEST_CHECKPOINT,
     ModelEma,
@@ -69,6 +70,14 @@ from detr_hf.training import (
     train_step,
     write_model_card,
 )
+from detr_hf.training.model_card import PREDICTION_EXAMPLES, save_prediction_examples
+from detr_hf.training.progress import (
+    RecentLosses,
+    TrainProgress,
+    results_summary,
+    stopped_by_time_limit,
+    time_limit_message,
+)
 from detr_hf.training.tiling import evaluate_sliced, report_scene_density
 
 logger = get_logger("detr_hf.finetune")
@@ -93,11 +102,13 @@ class Run:
     ema: ModelEma | None
     train_log: TrainLog
     total_steps: int
-    progress: tqdm
+    progress: TrainProgress
     started: float  # time.perf_counter() of the run's start, moved back by the time a resumed run already trained
     last_eval_time: float
     stop: bool = False
     evaluator: Any = None  # the last evaluation's detections, for the operating-point report
+    recent_losses: RecentLosses = field(default_factory=RecentLosses)  # train_results.json's final_loss
+    time_limited: bool = False  # the safety time limit ended a step budget early
 
     @property
     def output_dir(self) -> Path:
@@ -142,6 +153,8 @@ def setup(config: TrainingConfig) -> Accelerator:
     set_seed(config.seed)
     check_config(config)
     check_output_dir(config, Path(config.output_dir))
+    if config.mixed_precision == "bf16" and accelerator.device.type == "cpu":
+        warn_if_bf16_is_slow("mixed_precision: bf16")
     return accelerator
 
 
@@ -239,7 +252,7 @@ def prepare_training(
         total_steps=total_steps,
         started=time.perf_counter() - state.train_seconds,
         last_eval_time=time.perf_counter(),
-        progress=tqdm(total=total_steps, initial=state.global_step, disable=not accelerator.is_local_main_process),
+        progress=TrainProgress(config, total_steps, state, accelerator.is_local_main_process),
     )
 
 
@@ -280,16 +293,20 @@ def after_optimizer_step(run: Run, step: StepResult) -> None:
     evaluates when `eval_every_minutes` have passed."""
     config, accelerator, state = run.config, run.accelerator, run.state
     state.global_step += 1
-    run.progress.update(1)
+    run.recent_losses.append(step.outputs.loss)
     if run.ema is not None:
         run.ema.update(accelerator.unwrap_model(run.model))
     log_step(config, accelerator, state, step, run.train_log, run.progress)
     state.train_seconds = time.perf_counter() - run.started
+    run.progress.update(state)
     every = config.checkpoint_every_steps
     if every and config.save_total_limit != 0 and state.global_step % every == 0:
         save_checkpoint(accelerator, run.output_dir, state, config.save_total_limit)
     out_of_time = config.max_train_minutes and state.train_seconds > 60 * config.max_train_minutes
     run.stop = any_process(accelerator, bool(out_of_time or state.global_step >= run.total_steps))
+    if run.stop and stopped_by_time_limit(config, state, run.total_steps):
+        run.time_limited = True
+        logger.warning(time_limit_message(config, state, run.total_steps))
     timed_eval = config.eval_every_minutes and time.perf_counter() - run.last_eval_time > 60 * config.eval_every_minutes
     if timed_eval and not run.stop:
         evaluate(run)
@@ -343,6 +360,8 @@ def finish(run: Run) -> dict[str, Any]:
     final = run.ema.module if run.ema is not None else accelerator.unwrap_model(run.model)
     metrics = evaluate(run, run.output_dir / "predictions.json")
     results = save(run, final, metrics)
+    if accelerator.is_main_process:
+        print(results_summary(run.output_dir, metrics, results["train"]), flush=True)
     accelerator.wait_for_everyone()  # no process leaves while another may still need it
     accelerator.end_training()
     return results
@@ -359,7 +378,9 @@ def save(run: Run, model: Any, metrics: dict[str, Any] | None) -> dict[str, Any]
         "epochs": round(state.epoch + state.step_in_epoch / max(1, len(run.train_loader)), 3),
         "skipped_steps": state.skipped_steps,
         "num_processes": accelerator.num_processes,
-        "final_loss": state.loss_history[-1][1] if state.loss_history else None,
+        "final_loss": run.recent_losses.mean(accelerator),  # the mean of the last steps' losses
+        "final_loss_steps": len(run.recent_losses.values),
+        "stopped_by_time_limit": run.time_limited,
     }
 
     def write() -> None:
@@ -380,6 +401,7 @@ def write_outputs(run: Run, model: Any, metrics: dict[str, Any], train_results: 
     (output_dir / "eval_results.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
     (output_dir / "train_results.json").write_text(json.dumps(train_results, indent=2), encoding="utf-8")
     plot_history(run.state, output_dir / "loss_curve.png")
+    save_prediction_examples(model, run.processor, run.ground_truth, output_dir / PREDICTION_EXAMPLES)
     command = "accelerate launch recipes/finetune.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     write_model_card(
         output_dir, config, metrics, command, model.config.id2label, train_results, model.config.model_type

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import AutoBackbone, PretrainedConfig
 
+from ..precision import warn_if_cpu_bf16_autocast
 from .cpu_fusion import fuse_for_cpu_inference
 from .frozen_batch_norm import freeze_batch_norm
 
@@ -86,6 +87,7 @@ class DetrConvEncoder(nn.Module):
     def forward(self, pixel_values: Tensor, pixel_mask: Tensor | None) -> list[tuple[Tensor, Tensor | None]]:
         """Per feature map (in the backbone's `out_features` order): `(batch, channels, h, w)` and its
         `(batch, h, w)` bool mask, True on real pixels (None without `pixel_mask`)."""
+        warn_if_cpu_bf16_autocast(pixel_values)
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         feature_maps = self.model(pixel_values).feature_maps
         out = []

@@ -7,7 +7,8 @@
 - ``step``: one optimizer step, skipped on every process when its loss or gradient norm is not finite;
 - ``distributed``: processes that agree on flags and fail together;
 - ``checkpoints``: :class:`TrainState`, rotated step checkpoints and atomic saves; ``output_dir``: the folder guards;
-- ``train_log``: ``train_log.jsonl``, tracker logging and the loss curve; ``model_card``: the Hub README.
+- ``train_log``: ``train_log.jsonl``, tracker logging and the loss curve; ``model_card``: the Hub README (sections);
+- ``progress``: the bar over the real budget, the final loss, the safety time limit's warning, the closing summary.
 """
 
 from .checkpoints import (
