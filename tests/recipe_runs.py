@@ -46,6 +46,7 @@ def recipe_arguments(output_dir: Path, **overrides) -> list[str]:
         "logging_steps": 1,
         "learning_rate": 1e-3,
         "backbone_learning_rate": 1e-3,
+        "operating_point_report": False,  # seconds of plots per run; test_recipe.py's first test keeps it on
         **overrides,
     }
     return [item for key, value in options.items() for item in (f"--{key}", json.dumps(value))]

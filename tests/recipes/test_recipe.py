@@ -30,7 +30,7 @@ CLASSES = {"circle", "square", "triangle"}
 
 def test_recipe_writes_a_usable_model_metrics_card_and_curve(tmp_path):
     out = tmp_path / "run"
-    results = load_recipe().main(recipe_arguments(out))
+    results = load_recipe().main(recipe_arguments(out, operating_point_report=True))
     for name in (
         "model.safetensors",
         "config.json",
@@ -51,6 +51,8 @@ def test_recipe_writes_a_usable_model_metrics_card_and_curve(tmp_path):
     assert results["train"]["steps"] == 16
     card = (out / "README.md").read_text()
     assert "map_50" in card and "accelerate launch recipes/finetune.py" in card
+    report = json.loads((out / "report" / "report.json").read_text())  # the operating-point report, in the card too
+    assert report["num_images"] == 8 and "## Operating point" in card
     config = json.loads((out / "config.json").read_text())
     assert config["id2label"] == {"0": "circle", "1": "square", "2": "triangle"}
     # the folder is a pipeline: at threshold 0 every query is a detection, with one of the dataset's classes, in the

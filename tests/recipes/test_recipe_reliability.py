@@ -195,4 +195,4 @@ def test_a_dataset_folder_is_split_by_split_seed_not_by_the_training_seed(tmp_pa
     recipe, calls = load_recipe(), []
     recipe.load_detection_dataset = lambda source, **options: calls.append((source, options))
     recipe.load_data(TrainingConfig(dataset=str(tmp_path), seed=3, split_seed=7, val_fraction=0.2))
-    assert calls == [(str(tmp_path), {"format": "auto", "val_fraction": 0.2, "split_seed": 7})]
+    assert calls == [(str(tmp_path), {"format": "auto", "val_fraction": 0.2, "split_seed": 7, "group_by": None})]
