@@ -24,6 +24,7 @@ from .layers.backbone import DetrConvEncoder
 from .layers.criterion import SetCriterion
 from .layers.heads import DetrMLPPredictionHead, shrink_class_heads
 from .layers.position_encoding import sine_position_embedding
+from .layers.tracing import is_exporting
 from .layers.transformer import DetrDecoder, DetrEncoder
 
 
@@ -157,7 +158,7 @@ class DetrModel(DetrPreTrainedModel):
         if mask is None:
             mask = torch.ones(batch, height, width, dtype=torch.bool, device=memory.device)
         # An exported graph keeps the padded path, which is exact for unpadded inputs too (no data-dependent branch).
-        padded = torch.compiler.is_exporting() or torch.jit.is_tracing() or not bool(mask.all())
+        padded = is_exporting() or not bool(mask.all())
         pos = sine_position_embedding(mask if padded else mask[:1], self.config.d_model // 2).to(memory.dtype)
         key_mask = mask.flatten(1) if padded else None
         memory, encoder_attentions = self.encoder(memory, pos, key_mask, output_attentions)

@@ -24,6 +24,7 @@ from transformers.models.resnet.modeling_resnet import (
 )
 
 from .frozen_batch_norm import FrozenBatchNorm2d
+from .tracing import is_exporting
 
 
 def _folded_weights(conv: nn.Conv2d, norm: FrozenBatchNorm2d) -> tuple[Tensor, Tensor]:
@@ -43,7 +44,7 @@ def _fused_inference_dtype(x: Tensor, conv: nn.Conv2d) -> torch.dtype | None:
     applies: CPU inference (no autograd) in fp32 or bf16 (also under autocast); None otherwise."""
     if x.device.type != "cpu" or torch.is_grad_enabled() or not torch.backends.mkldnn.is_available():
         return None
-    if torch.jit.is_tracing() or torch.compiler.is_exporting():  # ONNX has no oneDNN op: export the plain graph
+    if is_exporting():  # ONNX has no oneDNN op: export the plain graph
         return None
     if not isinstance(conv.padding, tuple) or conv.padding_mode != "zeros":
         return None

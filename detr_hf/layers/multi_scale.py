@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .position_encoding import sine_position_embedding
+from .tracing import is_exporting
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -50,7 +51,7 @@ def flatten_levels(
         1,
     ).to(memory.dtype)
     mask = torch.cat([m.flatten(1) for m in masks], 1)
-    exporting = torch.compiler.is_exporting() or torch.jit.is_tracing()  # an exported graph keeps the mask
+    exporting = is_exporting()  # an exported graph keeps the mask
     return memory, pos, None if not exporting and bool(mask.all()) else mask, shapes
 
 
