@@ -1,7 +1,8 @@
 """detr_hf: fine-tune DETR-family object detectors on your own data, the Hugging Face way.
 
 Importing the package registers its config, model and image processor with transformers' Auto classes, so
-`AutoModelForObjectDetection`, `AutoImageProcessor` and `pipeline("object-detection")` load detr_hf folders.
+`AutoModelForObjectDetection`, `AutoImageProcessor` and `pipeline("object-detection")` load detr_hf folders;
+`pipeline("sliced-object-detection")` runs any of them (or transformers' DETR family) on large images by tiles.
 """
 
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection
@@ -9,6 +10,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelFor
 from .configuration_deformable import DeformableDetrConfig
 from .configuration_detr import DetrConfig
 from .image_processing_detr import DetrHfImageProcessor, DetrImageProcessor
+from .inference.pipeline import SlicedObjectDetectionPipeline, register_sliced_pipeline
 from .inference.sliced import SlicedDetector, sliced_detection
 from .logging_utils import dropped_logs
 from .modeling_deformable import DeformableDetrForObjectDetection, DeformableDetrModel, DeformableDetrModelOutput
@@ -36,6 +38,7 @@ with dropped_logs("transformers.utils.import_utils", lambda record: "torchvision
             image_processor_classes={"pil": DetrHfImageProcessor, "torchvision": DetrHfImageProcessor},
             exist_ok=True,
         )
+register_sliced_pipeline()
 
 __all__ = [
     "DeformableDetrConfig",
@@ -51,5 +54,6 @@ __all__ = [
     "DetrObjectDetectionOutput",
     "DetrPreTrainedModel",
     "SlicedDetector",
+    "SlicedObjectDetectionPipeline",
     "sliced_detection",
 ]

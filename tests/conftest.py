@@ -9,7 +9,7 @@ import torch
 import transformers
 from transformers import ResNetConfig
 
-from detr_hf import DetrConfig, DetrForObjectDetection
+from detr_hf import DetrConfig, DetrForObjectDetection, DetrImageProcessor
 from detr_hf.data import load_detection_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rodm_voc2012_multiformat"
@@ -47,6 +47,19 @@ def randomize_norms(model: torch.nn.Module, seed: int = 0) -> None:
                 tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.2)
             elif name.endswith("weight"):
                 tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+
+
+def save_tiny_detr(folder: Path, labels: list[str], size: dict[str, int]) -> tuple:
+    """Saves a seeded tiny DETR with named classes and its processor to ``folder``; returns (folder, model, processor)."""
+    torch.manual_seed(0)
+    config = DetrConfig(backbone_config=ResNetConfig(**TINY_RESNET), **TINY_DETR)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {name: index for index, name in config.id2label.items()}
+    model = DetrForObjectDetection(config).eval()
+    processor = DetrImageProcessor(size=size)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder, model, processor
 
 
 def transformers_twin(resnet: dict | None = None, **detr: object) -> tuple:

@@ -7,24 +7,16 @@ import types
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_DETR, TINY_RESNET
+from conftest import save_tiny_detr
 from PIL import Image
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForObjectDetection, ResNetConfig, pipeline
+from transformers import AutoConfig, AutoImageProcessor, AutoModelForObjectDetection, pipeline
 
 from detr_hf import DetrConfig, DetrForObjectDetection, DetrImageProcessor
 
 
 @pytest.fixture
 def saved_model(tmp_path):
-    torch.manual_seed(0)
-    config = DetrConfig(backbone_config=ResNetConfig(**TINY_RESNET), **TINY_DETR)
-    config.id2label = {0: "ship", 1: "plane", 2: "car", 3: "tank"}
-    config.label2id = {v: k for k, v in config.id2label.items()}
-    model = DetrForObjectDetection(config).eval()
-    processor = DetrImageProcessor(size={"shortest_edge": 64, "longest_edge": 96})
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
-    return tmp_path, model, processor
+    return save_tiny_detr(tmp_path, ["ship", "plane", "car", "tank"], {"shortest_edge": 64, "longest_edge": 96})
 
 
 def test_auto_classes_resolve_to_detr_hf(saved_model):

@@ -127,7 +127,7 @@ def merge_detections(
     }
 
 
-def _as_image(image: Any, max_image_pixels: int | None) -> Any:
+def decode_once(image: Any, max_image_pixels: int | None) -> Any:
     """A path, bytes or lazily opened PIL image -> a decoded image (one copy); arrays and tensors pass through."""
     if isinstance(image, (str, os.PathLike, bytes, dict)):
         return decode_large_image(image, max_image_pixels=max_image_pixels)
@@ -202,7 +202,7 @@ def sliced_detection(
     if image is None:
         raise ValueError("sliced_detection: no image given")
     detector = _as_detector(model, processor)
-    image = _as_image(image, max_image_pixels)
+    image = decode_once(image, max_image_pixels)
     height, width = image_size(image)
     windows = tile_windows(width, height, tile_size, overlap)
     if len(windows) == 1:
