@@ -15,7 +15,7 @@ initial weights in both arms.
    an already decoded 1,024 / 2,048 / 4,096 px image, each in a fresh process (VmHWM).
 3. Dense scenes: 300 objects per scene, sliced detections scored with COCO maxDets 100 and maxDets 500.
 
-    python benchmarks/bench_large_images.py [--quick] [--steps 100] [--threads 2] [--out runs/bench_large]
+    python benchmarks/bench_large_images.py [--quick] [--steps 1000] [--threads 2] [--out runs/bench_large]
 
 ``--quick`` (development, a few minutes): small scenes, few steps. Timings depend on the machine and its load.
 """
@@ -359,7 +359,7 @@ def report(results: dict, args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small scenes and few steps, for development")
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--size", type=int, default=512, help="tile side, and the resized arm's longest side")
     parser.add_argument("--overlap", type=float, default=0.2)
