@@ -15,7 +15,7 @@ initial weights in both arms.
    an already decoded 1,024 / 2,048 / 4,096 px image, each in a fresh process (VmHWM).
 3. Dense scenes: 300 objects per scene, sliced detections scored with COCO maxDets 100 and maxDets 500.
 
-    python benchmarks/bench_large_images.py [--quick] [--steps 1000] [--threads 2] [--out runs/bench_large]
+    python benchmarks/bench_large_images.py [--quick] [--steps 1000] [--threads 2] [--out runs/bench_large_images]
 
 ``--quick`` (development, a few minutes): small scenes, few steps. Timings depend on the machine and its load.
 """
